@@ -1,0 +1,148 @@
+"""The loss contract: what a method plugin implements, and the per-step bundle it receives.
+
+A loss contributes to one or both phases of a training step:
+
+* the **generator phase** (``generator_loss``) back-propagates into the student only. Critics and the
+  teacher are frozen (``requires_grad=False``) but *not* detached: gradients still flow through their
+  inputs when a method needs that (ADD's discriminator, SiD's fake score).
+* the **critic phase** (``critic_loss``) trains the critic the loss is bound to, on detached student
+  samples. Several losses may train one critic (a fake-score loss plus a GAN head); their terms are
+  summed into that critic's single optimiser step.
+
+Each returns a :class:`LossOutput`: the scalar to minimise and named float terms, logged as
+``loss/<plugin>.<name>/<term>``. Losses are plain objects (no parameters of their own); anything
+trainable belongs in a :class:`~distillkit.roles.critic.Critic`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import pydantic
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distillkit.models.backbone import Backbone
+    from distillkit.models.conditioning import Conditioning
+    from distillkit.roles.critic import Critic
+    from distillkit.roles.student import Student
+    from distillkit.roles.teacher import Teacher
+
+
+class Phase(str, enum.Enum):
+    GENERATOR = "generator"
+    CRITIC = "critic"
+
+
+class EmptyConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+@dataclass
+class LossOutput:
+    """A scalar to minimise plus named terms to log (detached floats or 0-d tensors)."""
+
+    total: torch.Tensor
+    terms: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Everything a loss may read in one phase of one step.
+
+    ``student_x0`` carries the student graph in the generator phase and is detached in the critic
+    phase. Random draws go through :meth:`randn_like` / :meth:`sample_timesteps`, which use a
+    generator seeded from (run seed, step, rank, phase): a resumed run draws exactly what an
+    uninterrupted run would have.
+    """
+
+    phase: Phase
+    step: int
+    backbone: "Backbone"
+    teacher: "Teacher"
+    student: "Student"
+    prompts: list[str]
+    cond: "Conditioning"
+    uncond: "Conditioning"
+    resolution: int
+    student_x0: torch.Tensor
+    student_t: torch.Tensor  # (B,) timestep each sample was generated at
+    student_input: torch.Tensor  # the noisy input the student saw
+    real_x0: Optional[torch.Tensor] = None  # real data in diffusion space (latents), if the recipe has images
+    real_pixels: Optional[torch.Tensor] = None  # the same images in [-1, 1]
+    critic: Optional["Critic"] = None  # the critic bound to this loss (if it declared one)
+    generator: Optional[torch.Generator] = None
+    memo: dict = field(default_factory=dict)
+
+    # -- seeded randomness --------------------------------------------------------------------
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator)
+
+    def sample_timesteps(self, n: int, low: int = 0, high: int | None = None) -> torch.Tensor:
+        return self.backbone.schedule.sample_timesteps(n, low, high, generator=self.generator)
+
+    # -- shared work, computed once per phase ---------------------------------------------------
+    def cached(self, key, fn):
+        """Memoise ``fn()`` under ``key`` for this phase (e.g. decoded pixels shared by two losses)."""
+        if key not in self.memo:
+            self.memo[key] = fn()
+        return self.memo[key]
+
+    def student_pixels(self) -> torch.Tensor:
+        """The student's x0 decoded to pixels in [-1, 1] (differentiable in the generator phase)."""
+        return self.cached("student_pixels", lambda: self.backbone.decode(self.student_x0))
+
+    def real_pixels_or_decode(self) -> Optional[torch.Tensor]:
+        if self.real_pixels is not None:
+            return self.real_pixels
+        if self.real_x0 is None:
+            return None
+        return self.cached("real_pixels", lambda: self.backbone.decode(self.real_x0))
+
+    @property
+    def batch_size(self) -> int:
+        return self.student_x0.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.student_x0.device
+
+
+class Loss:
+    """Base class for a distillation objective. Subclass, set ``name``, implement one or both phases.
+
+    Class attributes:
+        name: short name, unique within the plugin (recipe name is ``<plugin>.<name>``).
+        Config: pydantic model of the loss's ``params`` table (``extra="forbid"`` recommended).
+        critic: qualified name of the critic type this loss needs (``"add.discriminator"``) or None.
+        needs_real_data: True if the loss reads ``ctx.real_x0`` (the recipe must then provide images).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[pydantic.BaseModel]] = EmptyConfig
+    critic: ClassVar[Optional[str]] = None
+    needs_real_data: ClassVar[bool] = False
+
+    def __init__(self, config: pydantic.BaseModel | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def generator_loss(self, ctx: StepContext) -> Optional[LossOutput]:
+        """Loss for the student (generator phase). Return None if this loss has no generator term."""
+        return None
+
+    def critic_loss(self, ctx: StepContext) -> Optional[LossOutput]:
+        """Loss for the bound critic (critic phase). Return None if this loss has no critic term."""
+        return None
+
+    @classmethod
+    def has_generator_term(cls) -> bool:
+        return cls.generator_loss is not Loss.generator_loss
+
+    @classmethod
+    def has_critic_term(cls) -> bool:
+        return cls.critic_loss is not Loss.critic_loss

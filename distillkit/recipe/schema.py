@@ -1,0 +1,219 @@
+"""The recipe: a TOML file validated by pydantic before any model loads.
+
+Stage 1 (this module) checks structure and types with ``extra="forbid"`` everywhere, so a misspelt key
+is an error rather than a silently ignored default. Stage 2 (:mod:`distillkit.recipe.load`) resolves
+loss/critic/family names in the plugin registry and validates each ``params`` table against that
+plugin's own pydantic ``Config``. Both stages report every problem at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "distill"
+    seed: int = 0
+    output_dir: str = "runs/{name}"
+    max_steps: int = Field(1000, ge=1)
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    sample_every: int = Field(500, ge=0, description="0 disables periodic sample grids")
+    resume: Union[Literal["auto", "never"], str] = "auto"
+    max_nonfinite_steps: int = Field(5, ge=1, description="abort after this many consecutive non-finite steps")
+    progress: bool = True
+
+
+class ModelConfig(Section):
+    family: str = Field(..., description="model family: sd15, sdxl, pixel, or one a plugin registers")
+    pretrained: str = Field(..., description="hub id or local diffusers folder of the teacher")
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class LoraConfig(Section):
+    rank: int = Field(16, ge=1)
+    alpha: Optional[float] = None
+    target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+class EMAConfig(Section):
+    decay: float = Field(0.999, gt=0, lt=1)
+    start_step: int = Field(0, ge=0)
+
+
+class OptimConfig(Section):
+    """Adam(W) settings. ``weight_decay`` > 0 selects AdamW."""
+
+    lr: float = Field(1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max grad norm; null disables clipping")
+    warmup_steps: int = Field(0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class StudentConfig(Section):
+    timesteps: list[int] = Field([999, 749, 499, 249], min_length=1,
+                                 description="the student's own timesteps, noisiest first")
+    init: Literal["teacher", "random"] = "teacher"
+    input: Literal["real", "noise"] = Field("real", description="'real': noised real images (ADD); "
+                                                                "'noise': data-free from noise (SiD, DMD2)")
+    first_input: Literal["noise", "sigma_noise"] = "noise"
+    renoise: Literal["fresh", "fixed"] = "fresh"
+    zero_terminal_snr: bool = True
+    lora: Optional[LoraConfig] = None
+    ema: Optional[EMAConfig] = None
+    optim: OptimConfig = OptimConfig()
+
+    @field_validator("timesteps")
+    @classmethod
+    def _decreasing(cls, v):
+        if any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be strictly decreasing (noisiest first), e.g. [999, 749, 499, 249]; got {v}")
+        if any(t < 0 for t in v):
+            raise ValueError("timesteps must be >= 0")
+        return v
+
+
+class TeacherConfig(Section):
+    guidance_scale: float = Field(1.0, description="CFG scale, diffusers convention (1 = conditional only)")
+
+
+class DataConfig(Section):
+    prompts: Optional[Union[str, list[str]]] = Field(
+        None, description="a text file with one prompt per line, or an inline list")
+    images: Optional[str] = Field(None, description="image folder with metadata.jsonl (file_name, text)")
+    dataset: Optional[str] = Field(None, description="Hugging Face datasets name or local path")
+    dataset_split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "text"
+    resolution: int = Field(512, ge=8)
+    center_crop: bool = True
+    random_flip: bool = False
+    batch_size: int = Field(4, ge=1)
+    strict: bool = Field(False, description="fail on an unreadable image instead of skipping and counting it")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = [s for s in ("images", "dataset") if getattr(self, s)]
+        if len(sources) > 1:
+            raise ValueError("give either data.images or data.dataset, not both")
+        if not sources and not self.prompts:
+            raise ValueError("no training data: set data.prompts (data-free) or data.images / data.dataset")
+        return self
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.images or self.dataset)
+
+
+class TrainConfig(Section):
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    generator_every: int = Field(1, ge=1, description="update the student every N-th step (DMD2: 5 or 10)")
+    critic_first: bool = True
+    device: Optional[str] = Field(None, description="force a device (e.g. 'cpu'); default: accelerate's choice")
+
+
+class CriticEntry(Section):
+    name: str = Field(..., description="qualified critic type, e.g. add.discriminator")
+    id: Optional[str] = Field(None, description="instance id losses refer to; default: the type's short name")
+    updates_per_step: int = Field(1, ge=1)
+    optim: OptimConfig = OptimConfig()
+    params: dict[str, Any] = {}
+
+    @property
+    def instance_id(self) -> str:
+        return self.id or self.name.rsplit(".", 1)[-1]
+
+
+class WeightSchedule(Section):
+    """Linear ramp of a loss weight from ``start`` (at step ``from_step``) to ``end`` (at ``to_step``)."""
+
+    start: float
+    end: float
+    from_step: int = Field(0, ge=0)
+    to_step: int = Field(..., ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.to_step <= self.from_step:
+            raise ValueError("to_step must be greater than from_step")
+        return self
+
+    def at(self, step: int) -> float:
+        if step <= self.from_step:
+            return self.start
+        if step >= self.to_step:
+            return self.end
+        f = (step - self.from_step) / (self.to_step - self.from_step)
+        return self.start + f * (self.end - self.start)
+
+
+class LossEntry(Section):
+    name: str = Field(..., description="qualified loss name, e.g. add.adversarial")
+    weight: Union[float, WeightSchedule] = 1.0
+    critic: Optional[str] = Field(None, description="critic instance id; default: the only critic of the right type")
+    params: dict[str, Any] = {}
+
+    def weight_at(self, step: int) -> float:
+        return self.weight if isinstance(self.weight, (int, float)) else self.weight.at(step)
+
+
+class SampleConfig(Section):
+    prompts: list[str] = ["a photo of a cat", "a watercolor landscape", "a red sports car", "a bowl of fruit"]
+    steps: list[int] = [1, 4]
+    seed: int = 1234
+    use_ema: bool = True
+
+
+class Recipe(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    critics: list[CriticEntry] = []
+    losses: list[LossEntry] = Field(..., min_length=1)
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        problems = []
+        if self.student.input == "real" and not self.data.has_images:
+            problems.append("student.input = 'real' needs images: set data.images or data.dataset, "
+                            "or use student.input = 'noise' for data-free training")
+        ids = [c.instance_id for c in self.critics]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            problems.append(f"critic ids {dup} are used twice: give each [[critics]] entry a distinct id")
+        for i, loss in enumerate(self.losses):
+            if loss.critic is not None and loss.critic not in ids:
+                problems.append(f"losses[{i}].critic: no critic with id {loss.critic!r} (ids: {ids or 'none'})")
+        bad = [s for s in self.sample.steps if s > len(self.student.timesteps)]
+        if bad:
+            problems.append(f"sample.steps {bad} exceed the {len(self.student.timesteps)} student timesteps")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def output_path(self) -> Path:
+        return Path(self.run.output_dir.format(name=self.run.name))

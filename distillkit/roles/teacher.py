@@ -1,0 +1,42 @@
+"""The frozen teacher: a denoiser plus its classifier-free guidance scale.
+
+The teacher never owns a ``no_grad``: ADD and the SDS family want a constant target (use
+:meth:`Teacher.target`), while SiD differentiates *through the teacher's input* with frozen weights
+(use :meth:`Teacher.predict` inside the graph). Its parameters are frozen once, here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distillkit.diffusion import Prediction, guided
+from distillkit.models.backbone import Backbone
+from distillkit.models.conditioning import Conditioning
+
+
+class Teacher:
+    def __init__(self, backbone: Backbone, unet: torch.nn.Module, guidance_scale: float = 1.0):
+        self.backbone = backbone
+        self.unet = unet.requires_grad_(False).eval()
+        self.guidance_scale = float(guidance_scale)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning | None = None,
+                scale: float | None = None) -> Prediction:
+        """CFG prediction at ``scale`` (default: the recipe's teacher scale), gradients through x_t allowed."""
+        scale = self.guidance_scale if scale is None else scale
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        if uncond is not None:
+            uncond = uncond.expand(x_t.shape[0])
+
+        def call(x, tt, c):
+            return self.backbone.denoise(self.unet, x, tt, c).output
+
+        out = guided(call, x_t, t, cond, uncond, scale)
+        alpha, sigma = self.backbone.schedule.coefficients(t, x_t)
+        return Prediction(out, self.backbone.prediction_type, x_t, alpha, sigma)
+
+    @torch.no_grad()
+    def target(self, x_t, t, cond, uncond=None, scale=None) -> Prediction:
+        """Same as :meth:`predict` but a constant: the stop-gradient target of ADD/SDS-style losses."""
+        pred = self.predict(x_t.detach(), t, cond, uncond, scale)
+        return pred

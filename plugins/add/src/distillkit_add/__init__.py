@@ -1,0 +1,1 @@
+"""ADD plugin (being written)."""
