@@ -31,6 +31,7 @@ class Registry:
     backbones: dict[str, type[Backbone]] = field(default_factory=dict)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # registration problems, per plugin
+    origin: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin that registered it
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -75,6 +76,11 @@ class Registry:
             raise PluginError(f"plugin {plugin!r} registered {kind} {key!r} twice "
                               f"({table[key].__qualname__} and {obj.__qualname__}); names must be unique")
         table[key] = obj
+        self.origin[(kind, key)] = plugin
+
+    def provided_by(self, plugin: str, kind: str) -> list[str]:
+        """Names of the ``kind`` ("loss", "critic", "backbone") items that ``plugin`` registered."""
+        return sorted(name for (k, name), p in self.origin.items() if k == kind and p == plugin)
 
     # -- lookup -----------------------------------------------------------------------------------
     def _plugin_hint(self, name: str) -> str:

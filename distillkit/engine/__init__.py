@@ -1,0 +1,3 @@
+from distillkit.engine.engine import Engine
+
+__all__ = ["Engine"]

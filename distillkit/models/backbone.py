@@ -37,9 +37,14 @@ class Backbone:
         """Load from a hub id or a local diffusers folder through ``from_pretrained``."""
         raise NotImplementedError
 
-    def save_pipeline(self, unet: torch.nn.Module, path: str) -> None:
-        """Write a folder that the family's diffusers pipeline class loads with ``from_pretrained``."""
+    def save_pipeline(self, unet: torch.nn.Module, path: str, scheduler=None) -> None:
+        """Write a folder that the family's diffusers pipeline class loads with ``from_pretrained``
+        (``scheduler`` replaces the teacher's, e.g. with :meth:`few_step_scheduler`)."""
         raise NotImplementedError
+
+    def few_step_scheduler(self):
+        """The diffusers scheduler an exported few-step student should be sampled with."""
+        return None
 
     def save_lora(self, unet: torch.nn.Module, path: str) -> None:
         """Write the LoRA adapter of a peft-wrapped ``unet`` so that ``pipe.load_lora_weights`` accepts it."""

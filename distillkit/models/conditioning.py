@@ -32,7 +32,14 @@ class Conditioning:
 
     def to(self, *args, **kwargs) -> "Conditioning":
         """Move to a device; a dtype argument applies to the float fields only (time_ids stay exact)."""
-        return self._map(lambda x: x.to(*args, **kwargs))
+
+        def move(x: torch.Tensor) -> torch.Tensor:
+            if x.is_floating_point():
+                return x.to(*args, **kwargs)
+            # an empty probe parses (device, dtype, ...) exactly as Tensor.to does; keep only its device
+            return x.to(torch.empty(0, device=x.device).to(*args, **kwargs).device)
+
+        return self._map(move)
 
     def repeat(self, n: int) -> "Conditioning":
         """Repeat each sample ``n`` times along the batch (a,a,b,b for n=2)."""

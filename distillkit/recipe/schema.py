@@ -58,7 +58,7 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    grad_clip: Optional[float] = Field(1.0, gt=0, description="max grad norm; null disables clipping")
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables clipping (TOML has no null)")
     warmup_steps: int = Field(0, ge=0)
 
     @field_validator("betas")

@@ -62,12 +62,14 @@ class Student(torch.nn.Module):
             unet = type(teacher_unet).from_config(teacher_unet.config)
         else:
             raise ValueError(f"student init must be 'teacher' or 'random', got {init!r}")
-        unet = unet.to(device=next(teacher_unet.parameters()).device, dtype=dtype)
+        unet = unet.to(device=next(teacher_unet.parameters()).device)
+        if next(unet.parameters()).dtype != dtype:  # trainable weights are kept in full precision
+            unet = unet.to(dtype=dtype)
         if lora:
             from peft import LoraConfig
 
             unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=lora["rank"], lora_alpha=lora.get("alpha", lora["rank"]),
+            unet.add_adapter(LoraConfig(r=lora["rank"], lora_alpha=lora.get("alpha") or lora["rank"],
                                         init_lora_weights="gaussian",
                                         target_modules=list(lora.get("target_modules",
                                                                      ["to_k", "to_q", "to_v", "to_out.0"]))))

@@ -1,0 +1,63 @@
+"""The run directory: resolved recipe, metrics log, sample grids.
+
+Layout::
+
+    <output_dir>/recipe.toml        the fully resolved recipe (defaults filled in)
+                 run.json           versions, plugins, command line
+                 metrics.jsonl      one JSON object per logged step (plus resume/end events)
+                 samples/step-*.png rows = sampling steps, columns = prompts
+                 checkpoints/step-*/
+                 final/             the student, loadable by the diffusers pipeline class
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class MetricsLog:
+    """Append-only JSONL; each line is flushed so a killed run loses at most the current step."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        clean = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in record.items()}
+        clean.setdefault("time", time.time())
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean, allow_nan=True) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] → (N, H, W, 3) uint8."""
+    arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: torch.Tensor, path: Path, ncols: int, pad: int = 2) -> Path:
+    """Tile images (N, 3, H, W) in [0, 1] into one PNG, ``ncols`` per row."""
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    nrows = math.ceil(n / ncols)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y:y + h, x:x + w] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path

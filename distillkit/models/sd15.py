@@ -1,0 +1,232 @@
+"""Stable Diffusion 1.5: one CLIP text encoder, a ×8 VAE, an ε- or v-prediction UNet.
+
+This class is also the shared implementation of the other built-in families: SDXL adds a second text
+encoder and micro-conditioning on top of it, and the pixel family is this model without a VAE. Each
+of them overrides only the hooks that differ (``_load_parts``, ``_added_conditions``,
+``_pipeline_components``...), so loading, freezing, dtype casts and saving exist once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, ClassVar, Sequence
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from distillkit.diffusion import NoiseSchedule, Prediction
+from distillkit.models.backbone import Backbone
+from distillkit.models.conditioning import Conditioning
+from distillkit.models.loading import (check_source, load_component, load_scheduler, load_tokenizer,
+                                       resolve_dtype)
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """No gradients and eval mode: frozen parts must neither train nor change under dropout."""
+    return module.requires_grad_(False).eval()
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a network computes in: its first floating parameter's (works through peft/DDP wrappers)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def is_lora(unet: torch.nn.Module) -> bool:
+    return bool(getattr(unet, "peft_config", None))
+
+
+def merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of ``unet`` with any LoRA adapter folded into its weights; ``unet`` itself is untouched.
+
+    Saved pipelines must load with a plain ``from_pretrained``, which knows nothing of peft layers.
+    """
+    if not is_lora(unet):
+        return unet
+    merged = copy.deepcopy(unet)
+    merged.fuse_lora()
+    merged.unload_lora()  # swaps each peft layer for its (now merged) base layer
+    return merged
+
+
+def as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
+    """A single string is one prompt, not a sequence of one-character prompts."""
+    return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
+class SD15Backbone(Backbone):
+    family = "sd15"
+    spatial_factor = 8
+    #: component folders a source must have (checked before anything loads)
+    folders: ClassVar[tuple[str, ...]] = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+    #: the diffusers pipeline a saved folder is meant for; also the writer of LoRA files
+    pipeline_class: ClassVar[type] = StableDiffusionPipeline
+
+    def __init__(self, *, tokenizer, text_encoder: torch.nn.Module, vae: torch.nn.Module | None,
+                 unet: torch.nn.Module, scheduler, dtype: torch.dtype = torch.float32):
+        self.tokenizer = tokenizer
+        self.text_encoder = freeze(text_encoder)
+        self.vae = None if vae is None else freeze(vae)
+        self.teacher_unet = freeze(unet)
+        #: the scheduler as the source configured it; saved pipelines keep it
+        self.scheduler = scheduler
+        # Training maths always uses DDPM's ᾱ from the same config, whatever sampler the folder ships.
+        self.schedule = NoiseSchedule.from_scheduler(DDPMScheduler.from_config(scheduler.config))
+        self.prediction_type = scheduler.config.prediction_type
+        self.dtype = dtype
+        self.device = next(unet.parameters()).device
+        self._empty_cache: dict[tuple[str, int], Conditioning] = {}
+
+    # -- loading / saving ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, *, dtype: str | torch.dtype = torch.float32,
+                        revision: str | None = None, variant: str | None = None,
+                        device: str | torch.device = "cpu") -> "SD15Backbone":
+        source = os.fspath(source)
+        dtype = resolve_dtype(dtype)
+        check_source(source, cls.folders)
+        parts = cls._load_parts(source, dtype=dtype, revision=revision, variant=variant)
+        return cls(**parts, dtype=dtype).to(device)
+
+    @classmethod
+    def _load_parts(cls, source: str, *, dtype: torch.dtype, revision: str | None,
+                    variant: str | None) -> dict[str, Any]:
+        """Every constructor argument but ``dtype``, loaded from ``source``. The tokenizer goes first: it
+        is where an unreachable hub shows up, and it is the cheapest thing to fail on."""
+        weights = {"dtype": dtype, "revision": revision, "variant": variant}
+        return {
+            "tokenizer": load_tokenizer(CLIPTokenizer, source, "tokenizer", revision=revision),
+            "text_encoder": load_component(CLIPTextModel, source, "text_encoder", **weights),
+            "vae": cls._load_vae(source, **weights),
+            "unet": load_component(UNet2DConditionModel, source, "unet", **weights),
+            "scheduler": load_scheduler(source, revision=revision),
+        }
+
+    @classmethod
+    def _load_vae(cls, source: str, *, dtype: torch.dtype, revision: str | None, variant: str | None):
+        return load_component(AutoencoderKL, source, "vae", dtype=dtype, revision=revision, variant=variant)
+
+    def _pipeline_components(self, unet: torch.nn.Module) -> dict[str, Any]:
+        return {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "unet": unet,
+                "scheduler": self.scheduler}
+
+    def _pipeline_options(self) -> dict[str, Any]:
+        # A distilled model is not a safety-checked release; the folder must load without the checker.
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+    def _pipeline(self, unet: torch.nn.Module):
+        return self.pipeline_class(**self._pipeline_components(unet), **self._pipeline_options())
+
+    def save_pipeline(self, unet: torch.nn.Module, path: str | os.PathLike, scheduler=None) -> None:
+        """A full diffusers folder with ``unet`` in place of the teacher's (LoRA merged into a copy).
+
+        ``scheduler`` replaces the teacher's (see :meth:`few_step_scheduler`)."""
+        pipe = self._pipeline(merged_unet(unet))
+        if scheduler is not None:
+            pipe.scheduler = scheduler
+        pipe.save_pretrained(os.fspath(path), safe_serialization=True)
+
+    def few_step_scheduler(self):
+        """Euler-ancestral with "trailing" spacing, as SDXL-Turbo ships: k steps land on 999, ..., the
+        student's default timesteps, and one step from pure noise equals the student's own 1-step sample."""
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        return EulerAncestralDiscreteScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
+
+    def save_lora(self, unet: torch.nn.Module, path: str | os.PathLike) -> None:
+        """``pytorch_lora_weights.safetensors`` in diffusers' key format, with the adapter config as metadata
+        (so ``load_lora_weights`` restores the same rank and alpha)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        if not is_lora(unet):
+            raise ValueError("save_lora needs a LoRA-adapted unet (one with a peft adapter); use save_pipeline")
+        adapter = unet.active_adapters()[0] if hasattr(unet, "active_adapters") else "default"
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter))
+        self.pipeline_class.save_lora_weights(os.fspath(path), unet_lora_layers=layers,
+                                              unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict(),
+                                              safe_serialization=True)
+
+    # -- conditioning -------------------------------------------------------------------------
+    def _token_ids(self, tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+        # Tokenizers saved without model_max_length report a huge one; the encoder's positions bound it.
+        length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+        ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt").input_ids
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: str | Sequence[str], resolution: int) -> Conditioning:
+        """CLIP's last hidden states, padded to 77 tokens: (B, 77, D). ``resolution`` is unused in SD1.5."""
+        ids = self._token_ids(self.tokenizer, self.text_encoder, as_prompt_list(prompts))
+        return Conditioning(embeds=self.text_encoder(ids).last_hidden_state)
+
+    def _empty_prompt(self, resolution: int) -> Conditioning:
+        return self.encode_prompts([""], resolution)
+
+    def empty_conditioning(self, batch: int, resolution: int) -> Conditioning:
+        """Encoded once per (device, resolution): every CFG step needs it and it never changes."""
+        key = (str(self.device), int(resolution))
+        if key not in self._empty_cache:
+            self._empty_cache[key] = self._empty_prompt(resolution)
+        return self._empty_cache[key].expand(batch)
+
+    # -- diffusion space <-> pixels -------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return self.teacher_unet.config.in_channels
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents of pixels in [-1, 1], in ``pixels``' dtype.
+
+        The posterior *mean*, not a sample: the same image then always gives the same latents (across
+        epochs, ranks and reruns), and SD's VAE posterior is so narrow that sampling adds no useful noise.
+        """
+        vae_dtype = module_dtype(self.vae)
+        latents = self.vae.encode(pixels.to(device=self.device, dtype=vae_dtype)).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).to(pixels.dtype)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (about [-1, 1], unclamped so gradients stay) from scaled latents; keeps the graph.
+
+        Runs in the VAE's dtype; the result comes back in ``x``'s dtype.
+        """
+        vae_dtype = module_dtype(self.vae)
+        pixels = self.vae.decode((x / self.vae.config.scaling_factor).to(vae_dtype)).sample
+        return pixels.to(x.dtype)
+
+    # -- the denoiser call ----------------------------------------------------------------------
+    def _added_conditions(self, cond: Conditioning, dtype: torch.dtype) -> dict[str, Any]:
+        """Extra UNet keyword arguments beyond ``encoder_hidden_states`` (none for SD1.5)."""
+        return {}
+
+    def denoise(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> Prediction:
+        """One UNet call at the UNet's own dtype; the output comes back in ``x_t``'s dtype, tagged with
+        this model's parameterisation and the schedule's (α_t, σ_t)."""
+        dtype = module_dtype(unet)
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x_t.shape[0])
+        cond = cond.to(device=x_t.device)
+        output = unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds.to(dtype),
+                      **self._added_conditions(cond, dtype), return_dict=False)[0]
+        alpha, sigma = self.schedule.coefficients(t, x_t)
+        return Prediction(output.to(x_t.dtype), self.prediction_type, x_t, alpha, sigma)
+
+    # -- devices ----------------------------------------------------------------------------------
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        modules = {"text_encoder": self.text_encoder, "vae": self.vae, "teacher_unet": self.teacher_unet}
+        return {name: m for name, m in modules.items() if m is not None}
+
+    def to(self, device) -> "SD15Backbone":
+        device = torch.device(device)
+        for module in self.frozen_modules().values():
+            module.to(device)
+        self.device = device
+        self._empty_cache.clear()
+        return self

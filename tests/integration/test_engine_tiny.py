@@ -1,0 +1,243 @@
+"""End-to-end engine behaviour on the tiny SD1.5/SDXL fixtures (CPU, offline, seconds per test)."""
+
+from __future__ import annotations
+
+import json
+
+import pydantic
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import distillkit
+from distillkit import Engine, LossOutput, Registry
+from distillkit.errors import DistillkitError, NonFiniteLossError
+
+
+def recipe(model_path, out, family="sd15", **over):
+    r = {
+        "run": {"name": "t", "output_dir": str(out), "max_steps": 3, "checkpoint_every": 2, "sample_every": 3,
+                "progress": False, "seed": 7},
+        "model": {"family": family, "pretrained": str(model_path)},
+        "student": {"timesteps": [999, 499], "input": "noise", "optim": {"lr": 1e-3}},
+        "teacher": {"guidance_scale": 2.0},
+        "data": {"prompts": ["a red circle", "a blue square", "a green triangle"], "resolution": 32,
+                 "batch_size": 2},
+        "train": {"device": "cpu"},
+        "losses": [{"name": "core.regression"}],
+        "sample": {"prompts": ["a red circle", "a blue square"], "steps": [1, 2]},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            r.setdefault(section, {})[field] = value
+        else:
+            r[section] = value
+    return r
+
+
+def student_weights(engine):
+    return {n: p.detach().clone() for n, p in engine.student.unet.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_tiny_run_writes_run_dir_and_exports_a_pipeline(family, tiny_sd15_path, tiny_sdxl_path, tmp_path):
+    path = tiny_sd15_path if family == "sd15" else tiny_sdxl_path
+    engine = Engine.from_recipe(recipe(path, tmp_path / "run", family))
+    before = student_weights(engine.setup())
+    assert engine.fit() == "completed"
+    after = student_weights(engine)
+    assert any(not torch.equal(before[n], after[n]) for n in before), "student did not train"
+    for n, p in engine.teacher.unet.named_parameters():  # the teacher is the untouched original
+        assert torch.equal(p, before[n])
+
+    out = tmp_path / "run"
+    assert (out / "recipe.toml").is_file() and (out / "run.json").is_file()
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r and "event" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["loss/core.regression/mse"] >= 0 for r in steps)
+    assert records[-1]["event"] == "end" and records[-1]["status"] == "completed"
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000003.png"]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-00000002", "step-00000003"]
+    assert not list((out / "checkpoints").rglob("*.pt")) and not list((out / "checkpoints").rglob("*.bin"))
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    pipe = cls.from_pretrained(out / "final")
+    for n, p in pipe.unet.named_parameters():
+        assert torch.equal(p, after[n]), n
+    image = pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, height=32, width=32,
+                 output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and (image >= 0).all() and (image <= 1).all()
+    meta = json.loads((out / "final" / "distillkit.json").read_text())
+    assert meta["timesteps"] == [999, 499] and meta["family"] == family
+
+    # The exported scheduler samples what the student samples: one step from noise at t=999. (The
+    # pipeline feeds σ_999·ε rather than ε, a 0.2% input difference, hence the tolerance.)
+    from distillkit.inference import load_student, sample_images
+
+    backbone, student, res = load_student(out / "final")
+    ours = sample_images(backbone, student, ["a red circle"], 1, seed=5, resolution=32)
+    theirs = pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, height=32, width=32,
+                  generator=torch.Generator().manual_seed(5), output_type="pt").images
+    assert pipe.scheduler.timesteps.tolist() == [999]
+    assert (ours - theirs).abs().max() < 0.02
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_sd15_path, tmp_path):
+    full = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "a", run={
+        "output_dir": str(tmp_path / "a"), "max_steps": 4, "checkpoint_every": 2, "sample_every": 0,
+        "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+    full.fit()
+
+    first = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "b", run={
+        "output_dir": str(tmp_path / "b"), "max_steps": 2, "checkpoint_every": 2, "sample_every": 0,
+        "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+    first.fit()
+    second = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "b", run={
+        "output_dir": str(tmp_path / "b"), "max_steps": 4, "checkpoint_every": 2, "sample_every": 0,
+        "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+    second.setup()
+    assert second.global_step == 2
+    second.fit()
+    a, b = student_weights(full), student_weights(second)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    ea = load_file(str(tmp_path / "a/checkpoints/step-00000004/ema.safetensors"))
+    eb = load_file(str(tmp_path / "b/checkpoints/step-00000004/ema.safetensors"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_output_dir_of_another_run_is_not_overwritten(tiny_sd15_path, tmp_path):
+    Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "r")).fit(max_steps=1)
+    other = recipe(tiny_sd15_path, tmp_path / "r", teacher={"guidance_scale": 5.0})
+    with pytest.raises(DistillkitError, match="already holds a different run"):
+        Engine.from_recipe(other).setup()
+
+
+def test_lora_student_trains_adapters_only_and_exports_loadable_lora(tiny_sd15_path, tmp_path):
+    r = recipe(tiny_sd15_path, tmp_path / "lora", student={"timesteps": [999], "input": "noise",
+                                                          "lora": {"rank": 4}, "optim": {"lr": 1e-2}},
+               sample={"prompts": ["a"], "steps": [1]})
+    engine = Engine.from_recipe(r).setup()
+    names = {n for n, p in engine.student.unet.named_parameters() if p.requires_grad}
+    assert names and all("lora" in n for n in names)
+    base = {n: p.detach().clone() for n, p in engine.student.unet.named_parameters() if "lora" not in n}
+    engine.fit()
+    for n, p in engine.student.unet.named_parameters():
+        if "lora" not in n:
+            assert torch.equal(p, base[n])
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_path)
+    pipe.load_lora_weights(tmp_path / "lora" / "final")
+    img = pipe("a", num_inference_steps=1, height=32, width=32, output_type="np").images
+    assert torch.isfinite(torch.as_tensor(img)).all()
+
+
+# -- a fake critic + loss, to check the engine's phase mechanics independently of any method ------------
+class LinearCritic(distillkit.Critic):
+    name = "linear"
+
+    def __init__(self, config, env):
+        super().__init__(config, env)
+        self.head = torch.nn.Conv2d(env.backbone.channels, 1, 1)
+        self.frozen = torch.nn.Conv2d(env.backbone.channels, env.backbone.channels, 1).requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.frozen(x)).mean(dim=(1, 2, 3))
+
+
+class CriticLoss(distillkit.Loss):
+    name = "critic_game"
+    critic = "fake.linear"
+
+    class Config(pydantic.BaseModel):
+        nan_after: int = -1
+
+    def generator_loss(self, ctx):
+        val = -ctx.critic(ctx.student_x0).mean()
+        if 0 <= self.config.nan_after <= ctx.step:
+            val = val * float("nan")
+        ctx.memo["seen_grad"] = ctx.student_x0.requires_grad
+        return LossOutput(val, {"g": val.detach()})
+
+    def critic_loss(self, ctx):
+        assert not ctx.student_x0.requires_grad
+        val = ctx.critic(ctx.student_x0).mean().pow(2)
+        return LossOutput(val, {"d": val.detach()})
+
+
+class FakePlugin:
+    @distillkit.hookimpl
+    def register_losses(self, register):
+        register(CriticLoss)
+
+    @distillkit.hookimpl
+    def register_critics(self, register):
+        register(LinearCritic)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    @distillkit.hookimpl
+    def on_step_end(self, step, metrics):
+        self.calls.append(("step", step))
+
+    @distillkit.hookimpl
+    def on_checkpoint(self, step, path):
+        self.calls.append(("checkpoint", step))
+
+    @distillkit.hookimpl
+    def on_run_end(self, status):
+        self.calls.append(("end", status))
+
+
+def _fake_engine(path, out, **params):
+    reg = Registry.discover(extra_plugins={"fake": FakePlugin()})
+    r = recipe(path, out, critics=[{"name": "fake.linear", "updates_per_step": 2, "optim": {"lr": 1e-2}}],
+               losses=[{"name": "fake.critic_game", "params": params}, {"name": "core.regression"}])
+    return Engine.from_recipe(r, registry=reg)
+
+
+def test_phases_update_only_their_own_parameters_and_callbacks_fire(tiny_sd15_path, tmp_path):
+    engine = _fake_engine(tiny_sd15_path, tmp_path / "fake")
+    rec = Recorder()
+    engine.add_callback(rec)
+    engine.setup()
+    critic = engine.critics["linear"].critic
+    head0 = critic.head.weight.detach().clone()
+    frozen0 = critic.frozen.weight.detach().clone()
+    student0 = student_weights(engine)
+    metrics = engine.step()
+    assert not torch.equal(critic.head.weight, head0), "critic head did not train"
+    assert torch.equal(critic.frozen.weight, frozen0), "a frozen critic part changed"
+    assert any(not torch.equal(student0[n], p) for n, p in engine.student.unet.named_parameters())
+    assert critic.head.weight.requires_grad and not critic.frozen.weight.requires_grad
+    assert {"critic/linear/fake.critic_game", "generator/fake.critic_game", "loss/fake.critic_game/d",
+            "loss/fake.critic_game/g", "grad_norm/linear", "grad_norm/student"} <= set(metrics)
+    engine.fit(max_steps=2)
+    assert ("step", 2) in rec.calls and ("checkpoint", 2) in rec.calls and rec.calls[-1] == ("end", "completed")
+
+
+def test_nonfinite_loss_is_skipped_reported_and_aborts_keeping_checkpoint(tiny_sd15_path, tmp_path):
+    engine = _fake_engine(tiny_sd15_path, tmp_path / "nan", nan_after=2)
+    engine.recipe.run.max_nonfinite_steps = 2
+    engine.recipe.run.max_steps = 10
+    engine.setup()
+    engine.fit(max_steps=2)  # two good steps, checkpointed
+    good = student_weights(engine)
+    with pytest.raises(NonFiniteLossError, match=r"generator/fake\.critic_game was NaN/Inf for 2 consecutive"):
+        engine.fit(max_steps=10)
+    after = student_weights(engine)
+    assert all(torch.equal(good[n], after[n]) for n in good), "a non-finite step changed the student"
+    events = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["term"] for e in events if e.get("event") == "nonfinite"] == ["generator/fake.critic_game"] * 2
+    assert (tmp_path / "nan" / "checkpoints" / "step-00000002" / "COMPLETE").exists()
