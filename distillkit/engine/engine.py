@@ -25,6 +25,7 @@ import math
 import platform
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ class Engine:
             return self
         r = self.recipe
         self._check_assets()
-        self._prepare_output_dir()
+        self._check_output_dir()
         acc = self.accelerator
         from distillkit.data import BatchSource
 
@@ -178,6 +179,7 @@ class Engine:
         # methods correct without DDP's unused-parameter bookkeeping.
         self.student_opt = acc.prepare(self.student_opt)
 
+        self._write_run_files()
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
         self.checkpoints = CheckpointWriter(self.output_dir / "checkpoints", r.run.keep_checkpoints)
         self._maybe_resume()
@@ -190,27 +192,30 @@ class Engine:
         if problems:
             raise DistillkitError("missing files; nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems))
 
-    def _prepare_output_dir(self) -> None:
-        from distillkit.recipe.load import dump_recipe
+    def _check_output_dir(self) -> None:
+        """Refuse to mix two different runs in one folder (before anything is loaded or written)."""
+        from distillkit.recipe.load import dump_recipe, read_toml
 
         out = self.output_dir
-        text = dump_recipe(self.recipe)
         existing = out / "recipe.toml"
-        if existing.exists() and self.is_main:
-            from distillkit.recipe.load import read_toml
+        has_work = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+        has_work = has_work or (out / "final").exists()
+        if not (existing.exists() and has_work):
+            return
+        old, new = read_toml(existing), tomllib.loads(dump_recipe(self.recipe))
+        changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if changed:
+            raise DistillkitError(
+                f"{out} already holds a different run (recipe sections {changed} differ); nothing was "
+                f"overwritten. Set run.output_dir (or run.name) to a new folder, or delete the old one.")
 
-            old = read_toml(existing)
-            new = read_toml_text(text)
-            changed = sorted(k for k in set(old) | set(new)
-                             if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
-            if changed:
-                raise DistillkitError(
-                    f"{out} already holds a different run (recipe sections {changed} differ); nothing was "
-                    f"overwritten. Set run.output_dir (or run.name) to a new folder, or delete the old one.")
+    def _write_run_files(self) -> None:
+        from distillkit.recipe.load import dump_recipe
+
         if self.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            existing.write_text(text)
-            (out / "run.json").write_text(json.dumps(self._run_info(), indent=2))
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "recipe.toml").write_text(dump_recipe(self.recipe))
+            (self.output_dir / "run.json").write_text(json.dumps(self._run_info(), indent=2))
 
     def _run_info(self) -> dict:
         import importlib.metadata as md
@@ -562,12 +567,6 @@ class Engine:
                 "resolution": self.recipe.data.resolution}
         (out / "distillkit.json").write_text(json.dumps(meta, indent=2))
         return out
-
-
-def read_toml_text(text: str) -> dict:
-    import tomllib
-
-    return tomllib.loads(text)
 
 
 def _load_params(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
