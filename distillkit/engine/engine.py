@@ -263,8 +263,10 @@ class Engine:
             real_x0=batch.get("real_x0"), real_pixels=batch.get("pixels"), critic=critic,
             generator=self._generator(phase.value, purpose))
 
-    def _evaluate(self, phase: Phase, losses: list, ctx_for, metrics: dict, prefix: str):
-        """Sum the weighted losses of one phase; log each term. Returns (total, bad term or None)."""
+    def _evaluate(self, phase: Phase, losses: list, ctx_for, metrics: dict, prefix: str, scale: float = 1.0):
+        """Sum the weighted losses of one phase on one micro-batch; add ``scale`` × each term to metrics.
+
+        Returns (total, name of the first non-finite loss or None)."""
         total = None
         for rl, loss in losses:
             ctx = ctx_for(rl)
@@ -277,25 +279,28 @@ class Engine:
                                       f"{phase.value} phase; expected distillkit.LossOutput")
             name = rl.entry.name
             for term, value in out.terms.items():
-                metrics[f"loss/{name}/{term}"] = float(torch.as_tensor(value).detach().float())
+                key = f"loss/{name}/{term}"
+                metrics[key] = metrics.get(key, 0.0) + scale * float(torch.as_tensor(value).detach().float())
             val = out.total.float()
-            metrics[f"{prefix}/{name}"] = float(val.detach())
+            metrics[f"{prefix}/{name}"] = metrics.get(f"{prefix}/{name}", 0.0) + scale * float(val.detach())
             if not _is_finite(val.detach()):
                 return None, f"{prefix}/{name}"
             weight = rl.entry.weight_at(self.global_step) if phase is Phase.GENERATOR else 1.0
             total = val * weight if total is None else total + val * weight
         return total, None
 
-    def _update(self, total, opt, sched, params, clip) -> tuple[bool, float]:
+    def _apply(self, opt, sched, params, clip) -> tuple[bool, float]:
+        """Average gradients across processes, clip, step; skip the update if the norm is not finite."""
         acc = self.accelerator
-        acc.backward(total)
         if acc.num_processes > 1:
             for p in params:
                 if p.grad is not None:
                     p.grad.copy_(acc.reduce(p.grad, reduction="mean"))
-        norm = acc.clip_grad_norm_(params, clip) if clip else torch.linalg.vector_norm(
-            torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None] or [torch.zeros(())]))
-        norm = float(norm)
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        if clip:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
         if not math.isfinite(norm):
             opt.zero_grad(set_to_none=True)
             return False, norm
@@ -315,70 +320,87 @@ class Engine:
                 b["real_x0"] = self.backbone.encode_images(b["pixels"])
         return b
 
+    def _phase(self, phase: Phase, losses: list, micro: list, sample_for, critic, opt, sched, params, clip,
+               metrics: dict, prefix: str, purpose: str) -> str | None:
+        """One optimiser update of one phase over all micro-batches. Returns the bad term, if any."""
+        n = len(micro)
+        for j, batch in enumerate(micro):
+            ctx_for = (lambda rl, j=j, batch=batch: self._context(
+                phase, batch, sample_for(j), critic(rl), f"{purpose}/{j}/{rl.entry.name}"))
+            total, bad = self._evaluate(phase, losses, ctx_for, metrics, prefix, 1.0 / n)
+            if bad:
+                opt.zero_grad(set_to_none=True)
+                return bad
+            if total is None:
+                return None
+            self.accelerator.backward(total / n)
+        ok, norm = self._apply(opt, sched, params, clip)
+        metrics[f"grad_norm/{prefix.split('/', 1)[-1] if phase is Phase.CRITIC else 'student'}"] = norm
+        return None if ok else f"grad_norm/{prefix}"
+
     def step(self, batch: dict | None = None) -> dict:
-        """Run one optimisation step (critic phases, generator phase) and return its metrics."""
+        """Run one optimisation step (critic phases, then the generator phase) and return its metrics.
+
+        With ``gradient_accumulation_steps = N`` a step consumes N micro-batches (data batches kN..kN+N−1);
+        an explicitly passed ``batch`` is one micro-batch.
+        """
         self.setup()
         r = self.recipe
         t0 = time.perf_counter()
-        batch = self._prepare_batch(batch if batch is not None else self.data.batch(self.global_step))
+        n = 1 if batch is not None else r.train.gradient_accumulation_steps
+        raw = [batch] if batch is not None else [self.data.batch(self.global_step * n + j) for j in range(n)]
+        micro = [self._prepare_batch(b) for b in raw]
         train_gen = self.global_step % r.train.generator_every == 0
-        metrics: dict[str, float] = {"step": self.global_step + 1}
-        n = len(batch["prompts"])
-        shape = self.backbone.sample_shape(n, r.data.resolution)
-        with self._trainable(self.student_params), torch.set_grad_enabled(train_gen):
-            sample = self.student.training_sample(
-                r.student.input, batch["cond"], shape, self._generator("student"), real_x0=batch.get("real_x0"),
-                device=self.device, dtype=torch.float32)
-        bad = None
+        metrics: dict[str, Any] = {"step": self.global_step + 1}
+        cache: dict[int, tuple] = {}
+
+        def student_sample(j: int, grad: bool):
+            """The student's output on micro-batch j. With one micro-batch it is made once (with the graph
+            when the generator trains) and shared by both phases; otherwise recomputed per phase from the
+            same seeds, which reproduces it exactly, so no graph is held across micro-batches."""
+            if j in cache and (cache[j][1] or not grad):
+                return cache[j][0]
+            b = micro[j]
+            shape = self.backbone.sample_shape(len(b["prompts"]), r.data.resolution)
+            with self._trainable(self.student_params), torch.set_grad_enabled(grad):
+                out = self.student.training_sample(r.student.input, b["cond"], shape, self._generator("student", j),
+                                                   real_x0=b.get("real_x0"), device=self.device,
+                                                   dtype=torch.float32)
+            if n == 1:
+                cache[j] = (out, grad)
+            return out
+
+        bad: list[str] = []
 
         def critic_phases():
-            nonlocal bad
             for bc in self.critics.values():
+                bound = [(rl, loss) for rl, loss in self.losses if rl in bc.losses]
                 for u in range(bc.updates_per_step):
                     with self._trainable(bc.params):
-                        total, bad_term = self._evaluate(
-                            Phase.CRITIC, [(rl, loss) for rl, loss in self.losses if rl in bc.losses],
-                            lambda rl, bc=bc, u=u: self._context(Phase.CRITIC, batch, sample, bc.critic,
-                                                                 f"{bc.id}/{u}/{rl.entry.name}"), metrics,
-                            f"critic/{bc.id}")
-                        if bad_term:
-                            bad = bad or bad_term
-                            bc.optimizer.zero_grad(set_to_none=True)
-                            continue
-                        if total is None:
-                            continue
-                        ok, norm = self._update(total, bc.optimizer, bc.scheduler, bc.params, bc.grad_clip)
-                        metrics[f"grad_norm/{bc.id}"] = norm
-                        if not ok:
-                            bad = bad or f"grad_norm/{bc.id}"
+                        term = self._phase(Phase.CRITIC, bound, micro,
+                                           lambda j: student_sample(j, grad=train_gen and n == 1),
+                                           lambda rl, bc=bc: bc.critic, bc.optimizer, bc.scheduler, bc.params,
+                                           bc.grad_clip, metrics, f"critic/{bc.id}", f"{bc.id}/{u}")
+                    if term:
+                        bad.append(term)
 
         def generator_phase():
-            nonlocal bad
             with self._trainable(self.student_params):
-                total, bad_term = self._evaluate(
-                    Phase.GENERATOR, self.losses,
-                    lambda rl: self._context(Phase.GENERATOR, batch, sample,
-                                             self.critics[rl.critic_id].critic if rl.critic_id else None,
-                                             rl.entry.name),
-                    metrics, "generator")
-                if bad_term:
-                    bad = bad or bad_term
-                    self.student_opt.zero_grad(set_to_none=True)
-                    return
-                if total is None:
-                    return
-                metrics["generator/total"] = float(total.detach())
-                ok, norm = self._update(total, self.student_opt, self.student_sched, self.student_params,
-                                        r.student.optim.grad_clip)
-                metrics["grad_norm/student"] = norm
-                if not ok:
-                    bad = bad or "grad_norm/student"
-                    return
-                if self.ema is not None:
-                    if self.global_step + 1 <= r.student.ema.start_step:
-                        self.ema.reset()
-                    else:
-                        self.ema.update()
+                term = self._phase(Phase.GENERATOR, self.losses, micro, lambda j: student_sample(j, grad=True),
+                                   lambda rl: self.critics[rl.critic_id].critic if rl.critic_id else None,
+                                   self.student_opt, self.student_sched, self.student_params,
+                                   r.student.optim.grad_clip, metrics, "generator", "generator")
+            if term:
+                bad.append(term)
+                return
+            metrics["generator/total"] = sum(
+                metrics[f"generator/{rl.entry.name}"] * rl.entry.weight_at(self.global_step)
+                for rl, _ in self.losses if f"generator/{rl.entry.name}" in metrics)
+            if self.ema is not None:
+                if self.global_step + 1 <= r.student.ema.start_step:
+                    self.ema.reset()
+                else:
+                    self.ema.update()
 
         phases = [critic_phases, generator_phase] if r.train.critic_first else [generator_phase, critic_phases]
         for run_phase in phases:
@@ -387,7 +409,7 @@ class Engine:
             run_phase()
         metrics["lr/student"] = self.student_sched.get_last_lr()[0]
         metrics["time/step_s"] = time.perf_counter() - t0
-        self._check_finite(bad, metrics)
+        self._check_finite(bad[0] if bad else None, metrics)
         self.global_step += 1
         return metrics
 

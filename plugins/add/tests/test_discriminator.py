@@ -196,3 +196,16 @@ def test_a_broken_weights_file_is_a_model_load_error(tmp_path):
 
 def test_every_table1_feature_network_is_known():
     assert {"dinov2_vits14", "dino_vits16", "dinov2_vitl14", "clip_vitl14"} <= set(NETWORKS)
+
+
+def test_open_clip_text_conditioning_with_a_small_random_tower(build_env):
+    # ADD's text encoder is OpenCLIP ViT-g-14; ViT-B-32 has the same code path at a tenth of the size.
+    disc = make(build_env, feature_network="tiny", image_conditioning=False, text_encoder_name="ViT-B-32",
+                allow_random_init=True)
+    assert disc.text_encoder.model.visual is None  # the vision tower is dropped after loading
+    assert all(not p.requires_grad for p in disc.text_encoder.parameters())
+    c = disc.embed_text(["a red circle", "a blue square", "a red circle"])
+    assert c.shape == (3, 512) and disc.c_dim == 512
+    torch.testing.assert_close(c.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(c[0], c[2])
+    assert not torch.allclose(c[0], c[1])
