@@ -239,18 +239,20 @@ class Engine:
     # -- phases --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _trainable(self, params: list):
-        """Only ``params`` require grad inside the block (student and every critic's are toggled)."""
+        """Only ``params`` require grad inside the block (among the student's and every critic's
+        trainable parameters); the previous flags are restored on exit, so blocks nest."""
         everything = list(self.student_params)
         for bc in self.critics.values():
             everything += bc.params
         keep = {id(p) for p in params}
+        before = [p.requires_grad for p in everything]
         for p in everything:
             p.requires_grad_(id(p) in keep)
         try:
             yield
         finally:
-            for p in everything:
-                p.requires_grad_(True)
+            for p, flag in zip(everything, before):
+                p.requires_grad_(flag)
 
     def _context(self, phase: Phase, batch: dict, sample: tuple, critic=None, purpose: str = "") -> StepContext:
         x0, t, x_in = sample
