@@ -30,12 +30,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from distillkit.models.backbone import Backbone
     from distillkit.models.conditioning import Conditioning
 
-OPEN_CLIP_SOURCE = "open_clip: {name}, e.g. pretrained='laion2b_s34b_b88k' for ViT-g-14"
+#: the LAION checkpoint ADD's discriminator text encoder was trained as (the paper's CLIP-ViT-g-14)
+KNOWN_TAGS = {"ViT-g-14": "laion2b_s34b_b88k"}
 
 
 def open_clip_text_problem(name: str, weights: Optional[str], allow_random_init: bool, key: str) -> Optional[str]:
-    return weights_problem(f"OpenCLIP {name} text encoder", OPEN_CLIP_SOURCE.format(name=name), weights,
-                           allow_random_init, key)
+    tag = KNOWN_TAGS.get(name)
+    source = f"open_clip: {name}" + (f" {tag}" if tag else "")
+    return weights_problem(f"OpenCLIP {name} text encoder", source, weights, allow_random_init, key)
 
 
 class OpenCLIPTextEncoder(torch.nn.Module):
