@@ -138,7 +138,7 @@ class Engine:
         from distillkit.data import BatchSource
 
         self.data = BatchSource.from_config(r.data, seed=r.run.seed, rank=acc.process_index,
-                                            world_size=acc.num_processes, base_dir=self.resolved.base_dir)
+                                            world_size=acc.num_processes, base_dir=None)  # paths: relative to the cwd
         self.backbone = self.resolved.backbone_cls.from_pretrained(
             r.model.pretrained, dtype=resolve_dtype(r.model.dtype), revision=r.model.revision,
             variant=r.model.variant, device=acc.device)
@@ -254,7 +254,8 @@ class Engine:
             for p, flag in zip(everything, before):
                 p.requires_grad_(flag)
 
-    def _context(self, phase: Phase, batch: dict, sample: tuple, critic=None, purpose: str = "") -> StepContext:
+    def _context(self, phase: Phase, batch: dict, sample: tuple, critic=None, purpose: str = "",
+                 memo: dict | None = None) -> StepContext:
         x0, t, x_in = sample
         if phase is Phase.CRITIC:
             x0, x_in = x0.detach(), x_in.detach()
@@ -263,7 +264,7 @@ class Engine:
             student=self.student, prompts=batch["prompts"], cond=batch["cond"], uncond=batch["uncond"],
             resolution=self.recipe.data.resolution, student_x0=x0, student_t=t, student_input=x_in,
             real_x0=batch.get("real_x0"), real_pixels=batch.get("pixels"), critic=critic,
-            generator=self._generator(phase.value, purpose))
+            generator=self._generator(phase.value, purpose), memo={} if memo is None else memo)
 
     def _evaluate(self, phase: Phase, losses: list, ctx_for, metrics: dict, prefix: str, scale: float = 1.0):
         """Sum the weighted losses of one phase on one micro-batch; add ``scale`` × each term to metrics.
@@ -327,8 +328,9 @@ class Engine:
         """One optimiser update of one phase over all micro-batches. Returns the bad term, if any."""
         n = len(micro)
         for j, batch in enumerate(micro):
-            ctx_for = (lambda rl, j=j, batch=batch: self._context(
-                phase, batch, sample_for(j), critic(rl), f"{purpose}/{j}/{rl.entry.name}"))
+            memo: dict = {}  # shared by this phase's losses: the student is decoded once, not per loss
+            ctx_for = (lambda rl, j=j, batch=batch, memo=memo: self._context(
+                phase, batch, sample_for(j), critic(rl), f"{purpose}/{j}/{rl.entry.name}", memo))
             total, bad = self._evaluate(phase, losses, ctx_for, metrics, prefix, 1.0 / n)
             if bad:
                 opt.zero_grad(set_to_none=True)

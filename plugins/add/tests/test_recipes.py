@@ -97,3 +97,12 @@ def test_tiny_end_to_end_run(tiny_sd15_path, tmp_path):
     for key in ("loss/add.adversarial/g_adv", "loss/add.adversarial/d_real", "loss/add.adversarial/r1",
                 "loss/add.distill/distill", "loss/add.distill/c_mean"):
         assert key in last and last[key] == last[key], key  # present and not NaN
+
+    # Resume: a fresh engine on the same folder restores the heads (spectral-norm state included).
+    recipe["run"]["max_steps"] = 4
+    resumed = Engine.from_recipe(recipe).setup()
+    assert resumed.global_step == 3
+    restored = resumed.critics["discriminator"].critic.trainable_state_dict()
+    for k, v in disc.trainable_state_dict().items():
+        assert torch.equal(restored[k], v), k
+    assert any(k.endswith("_u") for k in restored)

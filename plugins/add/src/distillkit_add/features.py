@@ -162,13 +162,11 @@ class FeatureNetwork(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         if spec.library == "open_clip":
-            self._blocks = model.transformer.resblocks
             self._batch_first = getattr(model.transformer, "batch_first", True)
             self._prefix = 1
             self.channels = model.transformer.width
             self.embed_dim = model.output_dim
         else:
-            self._blocks = model.blocks
             self._batch_first = True
             self._prefix = model.num_prefix_tokens
             self.channels = model.embed_dim
@@ -179,6 +177,11 @@ class FeatureNetwork(torch.nn.Module):
         if bad:
             raise ValueError(f"{spec.label} has {depth} blocks (0..{depth - 1}); cannot tap layers {bad}")
         self.use_patch_embed = use_patch_embed
+
+    @property
+    def _blocks(self) -> torch.nn.ModuleList:
+        """The transformer blocks (a property, so they are not registered a second time as a submodule)."""
+        return self.model.transformer.resblocks if self.spec.library == "open_clip" else self.model.blocks
 
     @property
     def num_taps(self) -> int:

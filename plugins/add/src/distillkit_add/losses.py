@@ -128,7 +128,14 @@ class DistillConfig(pydantic.BaseModel):
 
 
 class Distill(Loss):
-    """L_distill (ADD eq. 4): E_{t,ε'}[c(t) d(x̂_θ, x̂_ψ(sg(x̂_{θ,t}); t))], x̂_{θ,t} = α_t x̂_θ + σ_t ε'."""
+    """L_distill (ADD eq. 4): E_{t,ε'}[c(t) d(x̂_θ, x̂_ψ(sg(x̂_{θ,t}); t))], x̂_{θ,t} = α_t x̂_θ + σ_t ε'.
+
+    The teacher is applied to the re-noised student output, not to x̂_θ itself, because a clean input is
+    out of distribution for it (§3.3); one teacher step per sample, which Table 1f finds sufficient. For
+    LDMs the paper measures d on decoded pixels (``space = "pixel"``: the target is decoded under
+    no_grad, the student's x̂_θ through the VAE decoder with its graph); in latent space, the space the
+    noise is added in, ``weighting = "sds"`` reproduces the SDS gradient w(t)(ε̂ − ε') exactly (app. A).
+    """
 
     name = "distill"
     Config = DistillConfig
