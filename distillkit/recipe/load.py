@@ -148,6 +148,7 @@ def _apply_one(data: dict, override: str) -> str | None:
     tokens = _parse_path(path)
     if tokens is None:
         return (f"{head}: malformed key {path!r}; use dotted keys with optional list indices, {_SET_EXAMPLE}")
+    remove = raw == ""  # `--set key=` deletes the key so its default applies (TOML has no null)
     value = _parse_value(raw)
     node: Any = data
     for pos, tok in enumerate(tokens):
@@ -164,6 +165,8 @@ def _apply_one(data: dict, override: str) -> str | None:
                 return (f"{head}: index {index} is out of range for {here}, which has {len(node)} "
                         f"entr{'y' if len(node) == 1 else 'ies'} ({valid}); add the entry to the recipe file first")
             if last:
+                if remove:
+                    return f"{head}: an empty value removes a key, but {_render(tokens)} is a list entry"
                 node[index] = value
             else:
                 node = node[index]
@@ -171,7 +174,10 @@ def _apply_one(data: dict, override: str) -> str | None:
         if not isinstance(node, dict):
             return f"{head}: {here} is {_kind(node)}, not a table, so it has no key {tok.name!r}"
         if last:
-            node[tok.name] = value
+            if remove:
+                node.pop(tok.name, None)
+            else:
+                node[tok.name] = value
             break
         if tok.name not in node:
             nxt = tokens[pos + 1]
@@ -188,6 +194,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 
     The value is read as a TOML value when it is one (``true``, ``1e-5``, ``[1, 4]``, ``"text"``,
     ``{rank = 4}``), otherwise taken as a bare string (``sd15``, ``runs/x``), so shell quoting stays light.
+    An empty value (``a.b=``) removes the key, so the schema default applies; ``a.b=""`` sets "".
     New tables may be created (the schema then rejects unknown keys); lists must already exist.
     """
     if isinstance(overrides, str):  # a lone string would be iterated character by character

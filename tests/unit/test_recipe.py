@@ -414,7 +414,7 @@ SETS = [
     ("student.ema.decay=0.99", ("student", "ema", "decay"), 0.99),
     ("  run.seed =  7 ", ("run", "seed"), 7),
     ("run.name=a=b", ("run", "name"), "a=b"),
-    ("data.prompts=", ("data", "prompts"), ""),
+    ('data.prompts=""', ("data", "prompts"), ""),
     ("student.timesteps[1]=500", ("student", "timesteps"), [999, 500, 499, 249]),
     ("student.timesteps.1=500", ("student", "timesteps"), [999, 500, 499, 249]),
     ('run.name="x"\nseed = 1', ("run", "name"), '"x"\nseed = 1'),
@@ -432,6 +432,15 @@ def test_set_parses_values(override, path, value):
         node = node[key]
     assert node == value and type(node) is type(value)
     assert data == before  # the input is not modified
+
+
+def test_set_with_an_empty_value_removes_the_key_so_the_default_applies():
+    data = base()
+    data["data"]["images"] = "some/folder"
+    out = apply_overrides(data, ["data.images=", "run.not_there="])
+    assert "images" not in out["data"] and "not_there" not in out["run"]
+    with pytest.raises(RecipeError, match=r"removes a key, but student\.timesteps\[0\] is a list entry"):
+        apply_overrides({"student": {"timesteps": [1]}}, ["student.timesteps[0]="])
 
 
 def test_set_later_override_wins():
