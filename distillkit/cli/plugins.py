@@ -15,17 +15,20 @@ def plugins(args) -> int:
     from distillkit.registry import Registry
 
     reg = Registry.discover()
-    table = Table(title="distillkit plugins", header_style="bold")
-    for col in ("plugin", "distribution", "version", "losses", "critics", "families", "hooks"):
-        table.add_column(col)
+    table = Table(title="distillkit plugins", header_style="bold", show_lines=True)
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("distribution", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("provides")
     for name, info in sorted(reg.plugins.items()):
-        losses, critics, families = (", ".join(reg.provided_by(name, kind)) for kind in ("loss", "critic", "backbone"))
         if info.error:
-            table.add_row(f"[red]{name}[/]", info.distribution or "", info.version or "",
-                          f"[red]failed to import: {info.error.splitlines()[0]}[/]", "", "", "")
+            provides = f"[red]failed to import: {info.error.splitlines()[0]}[/]"
         else:
-            table.add_row(name, info.distribution or "", info.version or "", losses or "-", critics or "-",
-                          families or "-", ", ".join(info.hooks))
+            lines = [f"{kind}: {', '.join(items)}" for kind, items in
+                     (("losses", reg.provided_by(name, "loss")), ("critics", reg.provided_by(name, "critic")),
+                      ("families", reg.provided_by(name, "backbone"))) if items]
+            provides = "\n".join(lines) or "[dim](nothing registered yet)[/]"
+        table.add_row(name, info.distribution or "-", info.version or "-", provides)
     out = Console()
     out.print(table)
     for problem in reg.problems:

@@ -23,9 +23,7 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # preemption: checkpoint, then exit
     engine = Engine.from_recipe(args.recipe, args.overrides)
-    for warning in engine.resolved.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    engine.setup()
+    engine.setup()  # missing weight files (validate's warnings) stop here, before any model loads
     if engine.global_step:
         console.print(f"resumed from step {engine.global_step}")
     engine.fit()

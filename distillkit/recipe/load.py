@@ -554,7 +554,9 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
         config = _params(cls, entry.params, f"critics[{j}]", problems)
         if config is not None:
             critics.append(ResolvedCritic(entry, cls, config, entry.instance_id))
-            warnings.extend(f"critics[{j}] ({entry.name}): {w}" for w in cls.check_assets(config))
+            # A critic names its own fields as ``critics[*].params.x`` (it cannot know its index).
+            warnings.extend(w.replace("critics[*]", f"critics[{j}]") if "critics[*]" in w
+                            else f"critics[{j}] ({entry.name}): {w}" for w in cls.check_assets(config))
 
     losses: list[ResolvedLoss] = []
     used: set[str] = set()
