@@ -179,7 +179,7 @@ class LossEntry(Section):
 
 class SampleConfig(Section):
     prompts: list[str] = ["a photo of a cat", "a watercolor landscape", "a red sports car", "a bowl of fruit"]
-    steps: list[int] = [1, 4]
+    steps: Optional[list[int]] = Field(None, description="default: 1 and all of the student's timesteps")
     seed: int = 1234
     use_ema: bool = True
 
@@ -208,7 +208,9 @@ class Recipe(Section):
         for i, loss in enumerate(self.losses):
             if loss.critic is not None and loss.critic not in ids:
                 problems.append(f"losses[{i}].critic: no critic with id {loss.critic!r} (ids: {ids or 'none'})")
-        bad = [s for s in self.sample.steps if s > len(self.student.timesteps)]
+        if self.sample.steps is None:
+            self.sample.steps = sorted({1, len(self.student.timesteps)})
+        bad = [s for s in self.sample.steps if s > len(self.student.timesteps) or s < 1]
         if bad:
             problems.append(f"sample.steps {bad} exceed the {len(self.student.timesteps)} student timesteps")
         if problems:

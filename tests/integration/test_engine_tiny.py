@@ -241,3 +241,19 @@ def test_nonfinite_loss_is_skipped_reported_and_aborts_keeping_checkpoint(tiny_s
     events = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert [e["term"] for e in events if e.get("event") == "nonfinite"] == ["generator/fake.critic_game"] * 2
     assert (tmp_path / "nan" / "checkpoints" / "step-00000002" / "COMPLETE").exists()
+
+
+def test_pixel_space_family_trains_exports_and_samples(tiny_pixel_path, tmp_path):
+    """No VAE: the student works on pixels directly; the export reloads through the same loader."""
+    r = recipe(tiny_pixel_path, tmp_path / "px", "pixel", data={
+        "prompts": ["a red circle", "a blue square"], "resolution": 16, "batch_size": 2})
+    engine = Engine.from_recipe(r)
+    assert engine.fit() == "completed"
+    from distillkit.inference import load_student, sample_images
+
+    backbone, student, res = load_student(tmp_path / "px" / "final")
+    assert backbone.family == "pixel" and res == 16
+    for n, p in student.unet.named_parameters():
+        assert torch.equal(p, dict(engine.student.unet.named_parameters())[n])
+    images = sample_images(backbone, student, ["a red circle"], 2, seed=0, resolution=16)
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
