@@ -90,6 +90,7 @@ class Engine:
         self.output_dir = Path(output_dir) if output_dir is not None else self.recipe.output_path()
         self.global_step = 0
         self._nonfinite_streak = 0
+        self._stop_requested = False
         self._is_setup = False
 
     # ------------------------------------------------------------------------------------------
@@ -434,8 +435,24 @@ class Engine:
                 f"were skipped and {keep}. Lower the learning rate, enable grad_clip, or check the data.")
 
     # -- fit -----------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current step, write a checkpoint and return from :meth:`fit` ("interrupted").
+
+        Safe to call from a signal handler: preemption (SIGTERM) and Ctrl-C use it, so the checkpoint
+        always holds a whole step. A KeyboardInterrupt raised *inside* a step writes nothing (the step
+        is half applied); the last periodic checkpoint then stays the latest.
+        """
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def fit(self, max_steps: int | None = None) -> str:
-        """Train to ``max_steps`` (default the recipe's), with checkpoints, samples and metrics."""
+        """Train to ``max_steps`` (default the recipe's), with checkpoints, samples and metrics.
+
+        Returns "completed", or "interrupted" after :meth:`request_stop`.
+        """
         self.setup()
         r = self.recipe.run
         end = max_steps or r.max_steps
@@ -451,18 +468,21 @@ class Engine:
                         self.metrics.write(metrics)
                     self.pm.hook.on_step_end(engine=self, step=step, metrics=metrics)
                     gtot = metrics.get("generator/total")
-                    progress.update(task, advance=1, description=f"[bold]{r.name}[/] loss "
-                                    f"{gtot:.4g}" if gtot is not None else f"[bold]{r.name}")
-                    if step % r.checkpoint_every == 0 or step == end:
+                    loss = f" loss {gtot:.4g}" if gtot is not None else ""
+                    progress.update(task, advance=1, description=f"[bold]{r.name}[/]{loss}")
+                    if step % r.checkpoint_every == 0 or step == end or self._stop_requested:
                         self.save_checkpoint()
+                    if self._stop_requested:
+                        self._stop_requested = False  # consumed: a later fit() resumes normally
+                        status = "interrupted"
+                        return status
                     if r.sample_every and (step % r.sample_every == 0):
                         self.write_samples()
-            if self.recipe.run.sample_every and self.global_step % self.recipe.run.sample_every != 0:
+            if r.sample_every and self.global_step % r.sample_every != 0:
                 self.write_samples()
             self.save_final()
         except KeyboardInterrupt:
             status = "interrupted"
-            self.save_checkpoint()
             raise
         except BaseException:
             status = "failed"

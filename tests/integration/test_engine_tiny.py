@@ -257,3 +257,30 @@ def test_pixel_space_family_trains_exports_and_samples(tiny_pixel_path, tmp_path
         assert torch.equal(p, dict(engine.student.unet.named_parameters())[n])
     images = sample_images(backbone, student, ["a red circle"], 2, seed=0, resolution=16)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_request_stop_checkpoints_a_whole_step_and_resume_matches(tiny_sd15_path, tmp_path):
+    class StopAt:
+        def __init__(self, step):
+            self.step = step
+
+        @distillkit.hookimpl
+        def on_step_end(self, engine, step):
+            if step == self.step:
+                engine.request_stop()
+
+    ref = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "ref", run={
+        "output_dir": str(tmp_path / "ref"), "max_steps": 4, "checkpoint_every": 100, "sample_every": 0,
+        "progress": False}))
+    ref.fit()
+    r = recipe(tiny_sd15_path, tmp_path / "stop", run={
+        "output_dir": str(tmp_path / "stop"), "max_steps": 4, "checkpoint_every": 100, "sample_every": 0,
+        "progress": False})
+    engine = Engine.from_recipe(r, callbacks=(StopAt(3),))
+    assert engine.fit() == "interrupted"
+    assert (tmp_path / "stop" / "checkpoints" / "step-00000003" / "COMPLETE").exists()
+    assert not (tmp_path / "stop" / "final").exists()
+    resumed = Engine.from_recipe(r)
+    assert resumed.fit() == "completed" and resumed.global_step == 4
+    a, b = student_weights(ref), student_weights(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)

@@ -1,0 +1,399 @@
+"""How much does the engine cost on top of the training computation itself?
+
+``Engine.step()`` wraps the real work (student forward, teacher call, losses, backward, Adam) in
+bookkeeping: seeded per-purpose generators, ``StepContext`` objects, phase-wise ``requires_grad``
+toggling, metrics dicts, non-finite checks, gradient norms, LR schedulers and accelerate's wrappers.
+This script times ``engine.step()`` against a hand-written PyTorch step that does *the same work on the
+same modules* (the engine's own backbone, student UNet, teacher and critic; one ``torch.Generator``),
+so the ratio of the two is the engine's overhead. Target (issue tracker): ratio <= 1.05 on CPU.
+
+Two cases, both on the tiny random-weight SD1.5-shaped fixture:
+
+* ``regression``: ``core.regression``, data-free (``student.input = "noise"``), CFG teacher;
+* ``add``: ``add.adversarial`` + ``add.distill`` with a tiny feature network, the backbone's text
+  embedding and the feature network's CLS as discriminator conditioning, on 64x64 shape images.
+
+The two steps are interleaved (engine, hand, engine, hand, ...) after a warm-up, so slow drifts of a
+shared machine hit both equally; the medians and their ratio are printed as one table. Before timing,
+one step of each is run under ``FlopCounterMode`` with module call counters to check that the two really
+do the same work; the benchmark refuses to report a ratio when they do not.
+
+    HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py                 # both cases
+    HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py --case add --steps 60 --profile 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+# Set before anything imports transformers/diffusers: a hub lookup must fail at once, not retry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+def _run_section(name: str, out: Path) -> dict:
+    """No samples, no checkpoints, no progress bar: only ``step()`` is measured, never ``fit()``'s I/O."""
+    return {"name": name, "output_dir": str(out), "seed": 0, "sample_every": 0, "checkpoint_every": 10**9,
+            "progress": False, "resume": "never"}
+
+
+def regression_recipe(model: Path, out: Path, batch_size: int, resolution: int) -> dict:
+    """Data-free regression with a *one*-timestep student: with several timesteps the ``noise`` input
+    draws how many no-grad steps precede the trained one, and the engine and the hand-written step
+    would then draw different amounts of work from their different random streams."""
+    return {
+        "run": _run_section("bench_regression", out),
+        "model": {"family": "sd15", "pretrained": str(model), "dtype": "float32"},
+        "student": {"timesteps": [999], "input": "noise", "optim": {"lr": 1e-4}},
+        "teacher": {"guidance_scale": 2.0},
+        "data": {"prompts": PROMPTS, "resolution": resolution, "batch_size": batch_size},
+        "train": {"device": "cpu", "mixed_precision": "no"},
+        "losses": [{"name": "core.regression"}],
+    }
+
+
+def add_recipe(model: Path, images: Path, out: Path, batch_size: int, resolution: int) -> dict:
+    """``recipes/tiny_cpu.toml``'s ADD set-up (the configuration ``tests/cli/test_add_recipes_e2e.py``
+    runs on CPU) without EMA, whose update the hand-written step would otherwise have to repeat.
+    ``crop_prob = 0`` keeps the discriminator's input size fixed, so both steps do equal work."""
+    return {
+        "run": _run_section("bench_add", out),
+        "model": {"family": "sd15", "pretrained": str(model), "dtype": "float32"},
+        "student": {"timesteps": [999, 749, 499, 249], "input": "real", "zero_terminal_snr": True,
+                    "optim": {"lr": 1e-4, "betas": [0.0, 0.99]}},
+        "teacher": {"guidance_scale": 3.0},
+        "data": {"images": str(images), "resolution": resolution, "batch_size": batch_size},
+        "train": {"device": "cpu", "mixed_precision": "no"},
+        "critics": [{"name": "add.discriminator", "optim": {"lr": 2e-4, "betas": [0.0, 0.99]},
+                     "params": {"feature_network": "tiny", "allow_random_init": True, "text_encoder": "backbone",
+                                "image_encoder": "same", "crop_prob": 0.0}}],
+        "losses": [{"name": "add.adversarial", "weight": 1.0},
+                   {"name": "add.distill", "weight": 2.5, "params": {"weighting": "exp", "space": "pixel"}}],
+    }
+
+
+# -- the hand-written steps ----------------------------------------------------------------------------
+def _adam(params, cfg):
+    """A plain Adam with the recipe's settings (the recipes above have no weight decay and no warm-up)."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _clip_and_step(opt, params, clip: float) -> None:
+    """Clip (the recipes keep the default grad_clip = 1.0, which the engine applies) and update."""
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+class HandRegression:
+    """``core.regression`` written out: encode the prompts, one student call from pure noise at t=999,
+    one CFG teacher call at the same input, MSE, backward, clip, Adam."""
+
+    def __init__(self, engine, seed: int = 0):
+        r = engine.recipe
+        self.backbone, self.teacher, self.data = engine.backbone, engine.teacher, engine.data
+        self.unet = engine.student.unet
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.opt = _adam(self.params, r.student.optim)
+        self.clip = r.student.optim.grad_clip
+        self.resolution = r.data.resolution
+        (self.t_student,) = engine.student.timesteps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.k = 0
+
+    def step(self) -> float:
+        bb, res = self.backbone, self.resolution
+        prompts = self.data.batch(self.k)["prompts"]
+        self.k += 1
+        with torch.no_grad():
+            cond = bb.encode_prompts(prompts, res)
+            uncond = bb.empty_conditioning(len(prompts), res)
+        x_in = torch.randn(bb.sample_shape(len(prompts), res), generator=self.generator)
+        t = torch.full((len(prompts),), self.t_student, dtype=torch.long)
+        x0 = bb.denoise(self.unet, x_in, t, cond).x0
+        target = self.teacher.target(x_in, t, cond, uncond).x0
+        loss = (x0 - target).pow(2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip_and_step(self.opt, self.params, self.clip)
+        return float(loss)
+
+
+class HandADD:
+    """ADD written out with the plugin's functional code and the engine's discriminator.
+
+    The engine shares one student sample between its two phases and gives each phase its own memo, so
+    the discriminator's conditioning (an image-encoder pass on the real images) and the decoded student
+    pixels are computed once per phase: this step does the same. The heads are frozen for the generator
+    phase, the one ``requires_grad`` change correctness needs (otherwise their weight gradients would be
+    computed and leak into the next critic update).
+    """
+
+    def __init__(self, engine, seed: int = 0):
+        from distillkit_add import functional as Fn
+
+        self.Fn = Fn
+        r = engine.recipe
+        self.backbone, self.teacher, self.data = engine.backbone, engine.teacher, engine.data
+        self.unet = engine.student.unet
+        self.timesteps = torch.tensor(engine.student.timesteps, dtype=torch.long)
+        self.zero_terminal_snr = engine.student.zero_terminal_snr
+        (bc,) = engine.critics.values()
+        self.critic = bc.critic
+        self.heads = list(bc.params)
+        self.critic_clip = bc.grad_clip
+        self.critic_opt = _adam(self.heads, r.critics[0].optim)
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.opt = _adam(self.params, r.student.optim)
+        self.clip = r.student.optim.grad_clip
+        (adv_rl, _), (dist_rl, dist) = engine.losses
+        self.adv_weight, self.dist_weight = float(adv_rl.entry.weight_at(0)), float(dist_rl.entry.weight_at(0))
+        self.dcfg = dist.config
+        self.resolution = r.data.resolution
+        self.generator = torch.Generator().manual_seed(seed)
+        self.k = 0
+
+    def step(self) -> tuple[float, float]:
+        Fn, bb, disc, g = self.Fn, self.backbone, self.critic, self.generator
+        sched, dcfg, reduction = bb.schedule, self.dcfg, self.critic.config.reduction
+        raw = self.data.batch(self.k)
+        self.k += 1
+        prompts, real = raw["prompts"], raw["pixels"]
+        n = len(prompts)
+        with torch.no_grad():
+            cond = bb.encode_prompts(prompts, self.resolution)
+            uncond = bb.empty_conditioning(n, self.resolution)
+            real_x0 = bb.encode_images(real)
+
+        # student sample x̂_θ from noised real latents (ADD §3.1), kept with its graph for the generator
+        noise = torch.randn(real_x0.shape, generator=g)
+        t = self.timesteps[torch.randint(0, len(self.timesteps), (n,), generator=g)]
+        x_s = sched.add_noise(real_x0, noise, t)
+        if self.zero_terminal_snr:
+            x_s = torch.where((t == self.timesteps.max()).reshape(-1, 1, 1, 1), noise, x_s)
+        x0 = bb.denoise(self.unet, x_s, t, cond).x0
+
+        # critic phase: hinge on real / detached fake features, γ·R1 on the real heads' inputs
+        with torch.no_grad():
+            c = disc.condition(prompts, cond, real)
+            fake = bb.decode(x0.detach())
+            real_f = disc.features(real, g)
+            fake_f = disc.features(fake, g)
+        real_f = [f.detach().requires_grad_(True) for f in real_f]
+        real_logits, fake_logits = disc(real_f, c), disc(fake_f, c)
+        d_real, d_fake = Fn.hinge_d_loss(real_logits, fake_logits, reduction)
+        d_loss = d_real + d_fake + disc.config.r1_gamma * Fn.r1_penalty(real_logits, real_f)
+        self.critic_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        _clip_and_step(self.critic_opt, self.heads, self.critic_clip)
+
+        # generator phase: −Σ D_k on the decoded student sample + λ·distillation to the re-noised teacher
+        for p in self.heads:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            c = disc.condition(prompts, cond, real)
+        pixels = bb.decode(x0)
+        g_adv = Fn.hinge_g_loss(disc(disc.features(pixels, g), c), reduction)
+        t2 = sched.sample_timesteps(n, dcfg.t_min, dcfg.t_max, generator=g)
+        x_t = sched.add_noise(x0.detach(), torch.randn(x0.shape, generator=g), t2)
+        alpha, sigma = sched.coefficients(t2, x0)
+        target = self.teacher.target(x_t, t2, cond, uncond, scale=dcfg.guidance_scale).x0
+        with torch.no_grad():
+            target = bb.decode(target)
+        weight = Fn.distill_weight(dcfg.weighting, alpha, sigma, dcfg.sds_weight).reshape(-1)
+        distill = Fn.distill_distance(pixels, target, weight, dcfg.reduction)
+        g_loss = self.adv_weight * g_adv + self.dist_weight * distill
+        self.opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        _clip_and_step(self.opt, self.params, self.clip)
+        for p in self.heads:
+            p.requires_grad_(True)
+        return float(d_loss), float(g_loss)
+
+
+# -- checking that both do the same work ----------------------------------------------------------------
+def _modules(engine) -> dict[str, torch.nn.Module]:
+    bb = engine.backbone
+    mods = {"student unet": engine.student.unet, "teacher unet": engine.teacher.unet,
+            "text encoder": bb.text_encoder, "vae encoder": bb.vae.encoder, "vae decoder": bb.vae.decoder}
+    for bc in engine.critics.values():
+        mods["feature net"] = bc.critic.net
+        mods["disc heads"] = bc.critic.heads[0]
+        if bc.critic.image_encoder is not None:
+            mods["image encoder"] = bc.critic.image_encoder
+    return mods
+
+
+def work_of(engine, step_fn) -> tuple[float, Counter]:
+    """FLOPs (forward + backward, as FlopCounterMode counts them) and module calls of one step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls: Counter = Counter()
+    handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: calls.update([name]))
+               for name, m in _modules(engine).items()]
+    try:
+        with FlopCounterMode(display=False) as fc:
+            step_fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return float(fc.get_total_flops()), calls
+
+
+def check_same_work(engine, hand) -> str:
+    """Raise if the two steps differ in FLOPs or module calls; return a one-line summary.
+
+    One untimed step of each runs first: the first step fills caches that every later one reuses
+    (the empty prompt's encoding), and counting it would compare a first step with a second.
+    """
+    engine.step()
+    hand.step()
+    f_eng, c_eng = work_of(engine, engine.step)
+    f_hand, c_hand = work_of(engine, hand.step)
+    if c_eng != c_hand or abs(f_eng - f_hand) > 1e-6 * max(f_eng, 1.0):
+        raise SystemExit(f"the hand-written step does different work than engine.step():\n"
+                         f"  engine: {f_eng:.4g} FLOPs, calls {dict(c_eng)}\n"
+                         f"  hand:   {f_hand:.4g} FLOPs, calls {dict(c_hand)}")
+    return f"{f_eng / 1e9:.3f} GFLOP/step, module calls {dict(sorted(c_eng.items()))}"
+
+
+# -- timing -------------------------------------------------------------------------------------------
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(engine, hand, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    """engine, hand, engine, hand, ...: ``warmup`` untimed pairs, then ``steps`` timed pairs."""
+    nonfinite = 0
+    for _ in range(warmup):
+        engine.step()
+        hand.step()
+    t_eng, t_hand = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        metrics = engine.step()
+        t_eng.append(time.perf_counter() - t0)
+        nonfinite += "nonfinite" in metrics
+        t_hand.append(_timed(hand.step))
+    if nonfinite:  # a skipped update is less work, which would flatter the engine
+        print(f"warning: {nonfinite} engine steps had non-finite losses and skipped their update", file=sys.stderr)
+    return t_eng, t_hand
+
+
+def profile_engine(engine, steps: int, top: int = 25) -> str:
+    """cProfile of ``steps`` engine steps: the top functions by own time, for locating overhead."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        engine.step()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def build_case(case: str, tmp: Path, fixtures: dict, args):
+    from distillkit import Engine
+
+    out = tmp / f"run_{case}"
+    if case == "regression":
+        recipe = regression_recipe(fixtures["model"], out, args.batch_size, args.resolution)
+        engine = Engine.from_recipe(recipe).setup()
+        return engine, HandRegression(engine, seed=args.seed)
+    recipe = add_recipe(fixtures["model"], fixtures["images"], out, args.batch_size, args.resolution)
+    engine = Engine.from_recipe(recipe).setup()
+    return engine, HandADD(engine, seed=args.seed)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed steps of each (interleaved pairs)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed pairs before timing")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=64, help="pixels (the latents are 1/8 of it)")
+    p.add_argument("--case", choices=["regression", "add", "all"], default="all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hand-written step's one generator")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, cProfile N more engine steps of each case and print the top functions")
+    args = p.parse_args(argv)
+    if args.steps < 2 or args.warmup < 0:
+        p.error("need --steps >= 2 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    from distillkit.testing.shapes import write_shapes_dataset
+    from distillkit.testing.tiny import build_tiny_sd15
+
+    cases = ["regression", "add"] if args.case == "all" else [args.case]
+    rows, notes, profiles = [], [], []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as d:
+        tmp = Path(d)
+        fixtures = {"model": build_tiny_sd15(tmp / "tiny_sd15"),
+                    "images": write_shapes_dataset(tmp / "shapes", n=max(16, 2 * args.batch_size),
+                                                   size=args.resolution)}
+        for case in cases:
+            engine, hand = build_case(case, tmp, fixtures, args)
+            notes.append(f"{case}: {check_same_work(engine, hand)}")
+            t_eng, t_hand = interleaved(engine, hand, args.steps, args.warmup)
+            m_eng, m_hand = statistics.median(t_eng), statistics.median(t_hand)
+            # the ratio of medians, and the median of per-pair ratios (robust to slow drifts of the machine)
+            paired = statistics.median(a / b for a, b in zip(t_eng, t_hand))
+            rows.append((case, m_eng, _quartiles(t_eng), m_hand, _quartiles(t_hand), m_eng / m_hand, paired))
+            if args.profile:
+                profiles.append((case, profile_engine(engine, args.profile)))
+    elapsed = time.perf_counter() - t_start
+
+    print(f"engine overhead: batch {args.batch_size}, {args.resolution}x{args.resolution}, {args.steps} timed steps "
+          f"after {args.warmup} warm-up, interleaved; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for n in notes:
+        print(f"  same work  {n}")
+    head = (f"{'case':<11} {'engine s/step':>14} {'(p25-p75)':>17} {'hand s/step':>12} {'(p25-p75)':>17} "
+            f"{'ratio':>6} {'paired':>7}")
+    print(head)
+    print("-" * len(head))
+    for case, m_eng, q_eng, m_hand, q_hand, ratio, paired in rows:
+        print(f"{case:<11} {m_eng:>14.4f} {f'({q_eng[0]:.4f}-{q_eng[1]:.4f})':>17} {m_hand:>12.4f} "
+              f"{f'({q_hand[0]:.4f}-{q_hand[1]:.4f})':>17} {ratio:>6.3f} {paired:>7.3f}")
+    print(f"ratio = median engine / median hand; paired = median of per-pair ratios; target <= 1.05. "
+          f"Total {elapsed:.0f} s.")
+    for case, text in profiles:
+        print(f"\n== cProfile of engine.step(), {case} ==\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
