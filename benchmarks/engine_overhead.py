@@ -15,7 +15,7 @@ Two cases, both on the tiny random-weight SD1.5-shaped fixture:
 
 The two steps are interleaved (engine, hand, engine, hand, ...) after a warm-up, so slow drifts of a
 shared machine hit both equally; the medians and their ratio are printed as one table. Before timing,
-one step of each is run under ``FlopCounterMode`` with module call counters to check that the two really
+one step of each is run under a FLOP counter and module call counters to check that the two really
 do the same work; the benchmark refuses to report a ratio when they do not.
 
     HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py                 # both cases
@@ -239,20 +239,51 @@ def _modules(engine) -> dict[str, torch.nn.Module]:
     return mods
 
 
-def work_of(engine, step_fn) -> tuple[float, Counter]:
-    """FLOPs (forward + backward, as FlopCounterMode counts them) and module calls of one step."""
-    from torch.utils.flop_counter import FlopCounterMode
+class _FlopCount:
+    """Counts matmul/convolution/attention FLOPs (forward and backward) with torch's own formulas.
 
+    ``torch.utils.flop_counter.FlopCounterMode`` itself cannot be used: its per-module tracker hooks
+    break ``autograd.grad`` on leaf tensors, which the R1 penalty of the ADD critic does.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    counter.total += formula(*args, **kwargs, out_val=out)
+                return out
+
+        self.total = 0
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def work_of(engine, step_fn) -> tuple[float, Counter]:
+    """FLOPs (forward + backward) and module calls of one step."""
     calls: Counter = Counter()
     handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: calls.update([name]))
                for name, m in _modules(engine).items()]
     try:
-        with FlopCounterMode(display=False) as fc:
+        with _FlopCount() as flops:
             step_fn()
     finally:
         for h in handles:
             h.remove()
-    return float(fc.get_total_flops()), calls
+    return float(flops.total), calls
 
 
 def check_same_work(engine, hand) -> str:

@@ -36,12 +36,26 @@ def _version() -> str:
     return f"distillkit {__version__}"
 
 
+def _quiet_library_progress() -> None:
+    """The CLI draws its own progress; per-file "Loading weights" bars from the hub libraries are noise."""
+    import importlib
+
+    for module, fn in (("huggingface_hub.utils", "disable_progress_bars"),
+                       ("transformers.utils.logging", "disable_progress_bar"),
+                       ("diffusers.utils.logging", "disable_progress_bar")):
+        try:
+            getattr(importlib.import_module(module), fn)()
+        except (ImportError, AttributeError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # Offline by default: a hub id with no hub must fail fast, not retry for minutes (environment.md).
     if os.environ.get("DISTILLKIT_ONLINE", "") not in ("1", "true"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args = parser.parse_args(argv)
+    _quiet_library_progress()
     try:
         return int(args.func(args) or 0)
     except DistillkitError as exc:

@@ -28,7 +28,7 @@ def sample(args) -> int:
     import torch
 
     from distillkit.cli import console
-    from distillkit.engine.outputs import save_grid
+    from distillkit.engine.outputs import save_grid, steps_label
     from distillkit.inference import load_student, sample_images
 
     backbone, student, resolution = load_student(args.checkpoint, device=args.device, use_ema=not args.no_ema)
@@ -38,6 +38,7 @@ def sample(args) -> int:
                         for k in steps])
     src = Path(args.checkpoint)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent) / "sample.png"
-    save_grid(images, out, ncols=len(args.prompt))
+    save_grid(images, out, ncols=len(args.prompt), row_labels=[steps_label(k) for k in steps],
+              col_labels=args.prompt)
     console.print(f"wrote {out} (rows: {steps} steps; columns: prompts)")
     return 0

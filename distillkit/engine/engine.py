@@ -34,7 +34,7 @@ import torch
 
 from distillkit.engine.checkpoint import CheckpointWriter, latest_checkpoint, load_tree, save_tree
 from distillkit.engine.ema import EMA
-from distillkit.engine.outputs import MetricsLog, save_grid
+from distillkit.engine.outputs import MetricsLog, save_grid, steps_label
 from distillkit.errors import DistillkitError, NonFiniteLossError, RecipeError
 from distillkit.losses.base import LossOutput, Phase, StepContext
 from distillkit.models.loading import resolve_dtype
@@ -176,7 +176,7 @@ class Engine:
                 self.critics[rl.critic_id].losses.append(rl)
 
         # Modules are placed, not wrapped: with several processes each phase averages its own
-        # gradients explicitly (see _update), which keeps phase-wise freezing and non-forward critic
+        # gradients explicitly (see _apply), which keeps phase-wise freezing and non-forward critic
         # methods correct without DDP's unused-parameter bookkeeping.
         self.student_opt = acc.prepare(self.student_opt)
 
@@ -300,12 +300,19 @@ class Engine:
             for p in params:
                 if p.grad is not None:
                     p.grad.copy_(acc.reduce(p.grad, reduction="mean"))
+        scaler = getattr(acc, "scaler", None)  # fp16: unscale before clipping, so the norm is the true one
+        if scaler is not None:
+            scaler.unscale_(getattr(opt, "optimizer", opt))
         grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         if clip:
             norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         else:
             norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
         if not math.isfinite(norm):
+            if scaler is not None:  # an fp16 overflow: the scaler skips the update and lowers its scale
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return True, norm
             opt.zero_grad(set_to_none=True)
             return False, norm
         opt.step()
@@ -592,7 +599,7 @@ class Engine:
         s = self.recipe.sample
         images = torch.cat([self.generate(s.prompts, k, s.seed, s.use_ema) for k in s.steps])
         path = save_grid(images, self.output_dir / "samples" / f"step-{self.global_step:08d}.png",
-                         ncols=len(s.prompts))
+                         ncols=len(s.prompts), row_labels=[steps_label(k) for k in s.steps], col_labels=s.prompts)
         self.pm.hook.on_samples(engine=self, step=self.global_step, images=images, path=path)
         return path
 

@@ -47,17 +47,35 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: torch.Tensor, path: Path, ncols: int, pad: int = 2) -> Path:
-    """Tile images (N, 3, H, W) in [0, 1] into one PNG, ``ncols`` per row."""
+def steps_label(k: int) -> str:
+    return f"{k} step" + ("" if k == 1 else "s")
+
+
+def save_grid(images: torch.Tensor, path: Path, ncols: int, pad: int = 2, row_labels: list[str] | None = None,
+              col_labels: list[str] | None = None) -> Path:
+    """Tile images (N, 3, H, W) in [0, 1] into one PNG, ``ncols`` per row, with optional labels
+    (sampling steps down the left, prompts along the top) so a grid can be read without the recipe."""
+    from PIL import ImageDraw
+
     arr = to_uint8(images)
     n, h, w, _ = arr.shape
     nrows = math.ceil(n / ncols)
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    left = 8 + 7 * max((len(t) for t in row_labels or []), default=0) if row_labels else 0
+    top = 16 if col_labels else 0
+    grid = np.full((top + nrows * (h + pad) + pad, left + ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, img in enumerate(arr):
         r, c = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        y, x = top + pad + r * (h + pad), left + pad + c * (w + pad)
         grid[y:y + h, x:x + w] = img
+    canvas = Image.fromarray(grid)
+    draw = ImageDraw.Draw(canvas)
+    for r, label in enumerate(row_labels or []):
+        draw.text((4, top + pad + r * (h + pad) + h // 2 - 5), label, fill=(0, 0, 0))
+    for c, label in enumerate(col_labels or []):
+        limit = max(1, (w + pad) // 6)
+        draw.text((left + pad + c * (w + pad), 3), label if len(label) <= limit else label[:limit - 1] + "…",
+                  fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    canvas.save(path)
     return path
