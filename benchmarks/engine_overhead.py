@@ -93,11 +93,14 @@ def _adam(params, cfg):
     return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def _clip_and_step(opt, params, clip: float) -> None:
-    """Clip (the recipes keep the default grad_clip = 1.0, which the engine applies) and update."""
+def _clip_step_clear(opt, params, clip: float) -> None:
+    """Clip (the recipes keep the default grad_clip = 1.0, which the engine applies), update, and drop the
+    gradients as the engine does: the parameters are shared with it, so gradients left behind here
+    would be accumulated into by its next backward instead of being freshly allocated."""
     if clip:
         torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 class HandRegression:
@@ -128,9 +131,8 @@ class HandRegression:
         x0 = bb.denoise(self.unet, x_in, t, cond).x0
         target = self.teacher.target(x_in, t, cond, uncond).x0
         loss = (x0 - target).pow(2).mean()
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        _clip_and_step(self.opt, self.params, self.clip)
+        _clip_step_clear(self.opt, self.params, self.clip)
         return float(loss)
 
 
@@ -198,9 +200,8 @@ class HandADD:
         real_logits, fake_logits = disc(real_f, c), disc(fake_f, c)
         d_real, d_fake = Fn.hinge_d_loss(real_logits, fake_logits, reduction)
         d_loss = d_real + d_fake + disc.config.r1_gamma * Fn.r1_penalty(real_logits, real_f)
-        self.critic_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        _clip_and_step(self.critic_opt, self.heads, self.critic_clip)
+        _clip_step_clear(self.critic_opt, self.heads, self.critic_clip)
 
         # generator phase: −Σ D_k on the decoded student sample + λ·distillation to the re-noised teacher
         for p in self.heads:
@@ -218,9 +219,8 @@ class HandADD:
         weight = Fn.distill_weight(dcfg.weighting, alpha, sigma, dcfg.sds_weight).reshape(-1)
         distill = Fn.distill_distance(pixels, target, weight, dcfg.reduction)
         g_loss = self.adv_weight * g_adv + self.dist_weight * distill
-        self.opt.zero_grad(set_to_none=True)
         g_loss.backward()
-        _clip_and_step(self.opt, self.params, self.clip)
+        _clip_step_clear(self.opt, self.params, self.clip)
         for p in self.heads:
             p.requires_grad_(True)
         return float(d_loss), float(g_loss)

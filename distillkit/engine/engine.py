@@ -35,6 +35,7 @@ import torch
 from distillkit.engine.checkpoint import CheckpointWriter, latest_checkpoint, load_tree, save_tree
 from distillkit.engine.ema import EMA
 from distillkit.engine.outputs import MetricsLog, save_grid, steps_label
+from distillkit.engine.plots import plot_metrics
 from distillkit.errors import DistillkitError, NonFiniteLossError, RecipeError
 from distillkit.losses.base import LossOutput, Phase, StepContext
 from distillkit.models.loading import resolve_dtype
@@ -601,6 +602,7 @@ class Engine:
         path = save_grid(images, self.output_dir / "samples" / f"step-{self.global_step:08d}.png",
                          ncols=len(s.prompts), row_labels=[steps_label(k) for k in s.steps], col_labels=s.prompts)
         self.pm.hook.on_samples(engine=self, step=self.global_step, images=images, path=path)
+        plot_metrics(self.metrics.read(), self.output_dir / "metrics.png")
         return path
 
     def save_final(self) -> Path | None:
