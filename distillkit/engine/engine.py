@@ -43,6 +43,7 @@ from distillkit.plugins import make_plugin_manager
 from distillkit.roles.critic import BuildEnv
 from distillkit.roles.student import Student
 from distillkit.roles.teacher import Teacher
+from distillkit.utils import seeded
 
 # Keys of a recipe that may change between a run and its resumption without it being "another run".
 _RESUMABLE_CHANGES = ("run", "sample")
@@ -150,10 +151,11 @@ class Engine:
                                f"{T} training timesteps; use values in [0, {T - 1}]"], self.resolved.source)
         self.teacher = Teacher(self.backbone, self.backbone.teacher_unet, r.teacher.guidance_scale)
         s = r.student
+        self._check_resolution()
         self.student = Student.from_teacher(
             self.backbone, self.backbone.teacher_unet, s.timesteps, init=s.init,
             lora=s.lora.model_dump() if s.lora else None, zero_terminal_snr=s.zero_terminal_snr,
-            first_input=s.first_input, renoise=s.renoise)
+            first_input=s.first_input, renoise=s.renoise, seed=_seed_for(r.run.seed, "init", "student"))
         self.student_params = self.student.trainable_parameters()
         self.student_opt, self.student_sched = _optimizer(self.student_params, s.optim)
         self.ema = None
@@ -164,7 +166,8 @@ class Engine:
         env = BuildEnv(self.backbone, self.teacher, self.student, r.data.resolution, acc.device)
         self.critics: dict[str, BoundCritic] = {}
         for rc in self.resolved.critics:
-            critic = rc.cls.build(rc.config, env).to(acc.device)
+            with seeded(_seed_for(r.run.seed, "init", "critic", rc.id)):  # same start in every process
+                critic = rc.cls.build(rc.config, env).to(acc.device)
             params = critic.trainable_parameters()
             if not params:
                 raise DistillkitError(f"critic {rc.entry.name!r} ({rc.id}) has no trainable parameters")
@@ -172,6 +175,9 @@ class Engine:
             self.critics[rc.id] = BoundCritic(rc.id, critic, acc.prepare(opt), sched, rc.entry.updates_per_step,
                                               rc.entry.optim.grad_clip, params=params)
         self.losses = [(rl, rl.cls(rl.config)) for rl in self.resolved.losses]
+        names = [rl.entry.name for rl in self.resolved.losses]
+        self._labels = {id(rl): rl.entry.name if names.count(rl.entry.name) == 1 else f"{rl.entry.name}[{i}]"
+                        for i, rl in enumerate(self.resolved.losses)}
         for rl, _ in self.losses:
             if rl.critic_id is not None and rl.cls.has_critic_term():
                 self.critics[rl.critic_id].losses.append(rl)
@@ -188,6 +194,19 @@ class Engine:
         self._is_setup = True
         self.pm.hook.on_setup(engine=self)
         return self
+
+    def _check_resolution(self) -> None:
+        """A resolution the UNet cannot halve down to its bottleneck fails deep inside diffusers: say so here."""
+        blocks = getattr(getattr(self.backbone.teacher_unet, "config", None), "block_out_channels", None)
+        if not blocks:
+            return
+        factor = self.backbone.spatial_factor * 2 ** (len(blocks) - 1)
+        res = self.recipe.data.resolution
+        if res % factor:
+            ok = max(factor, round(res / factor) * factor)
+            raise RecipeError([f"data.resolution: {res} is not a multiple of {factor} ({self.backbone.family}: "
+                               f"{self.backbone.spatial_factor}x VAE downsampling x {len(blocks) - 1} UNet "
+                               f"downsamplings); use e.g. {ok}"], self.resolved.source)
 
     def _check_assets(self) -> None:
         problems = [w for w in self.resolved.warnings]
@@ -268,10 +287,15 @@ class Engine:
             real_x0=batch.get("real_x0"), real_pixels=batch.get("pixels"), critic=critic,
             generator=self._generator(phase.value, purpose), memo={} if memo is None else memo)
 
-    def _evaluate(self, phase: Phase, losses: list, ctx_for, metrics: dict, prefix: str, scale: float = 1.0):
-        """Sum the weighted losses of one phase on one micro-batch; add ``scale`` × each term to metrics.
+    def label(self, rl) -> str:
+        """A loss entry's name in metrics and seeds: its qualified name, ``name[i]`` if it appears twice."""
+        return self._labels[id(rl)]
 
-        Returns (total, name of the first non-finite loss or None)."""
+    def _evaluate(self, phase: Phase, losses: list, ctx_for, metrics: dict, prefix: str, scale: float = 1.0):
+        """Sum the weighted losses of one phase on one micro-batch; add ``scale`` × each value to metrics.
+
+        Generator-phase terms are logged as ``loss/<loss>/<term>``, critic-phase ones as
+        ``critic/<id>/<loss>/<term>``. Returns (total, name of the first non-finite loss or None)."""
         total = None
         for rl, loss in losses:
             ctx = ctx_for(rl)
@@ -282,9 +306,10 @@ class Engine:
             if not isinstance(out, LossOutput):
                 raise DistillkitError(f"loss {rl.entry.name!r} returned {type(out).__name__} from its "
                                       f"{phase.value} phase; expected distillkit.LossOutput")
-            name = rl.entry.name
+            name = self.label(rl)
+            term_prefix = f"loss/{name}" if phase is Phase.GENERATOR else f"{prefix}/{name}"
             for term, value in out.terms.items():
-                key = f"loss/{name}/{term}"
+                key = f"{term_prefix}/{term}"
                 metrics[key] = metrics.get(key, 0.0) + scale * float(torch.as_tensor(value).detach().float())
             val = out.total.float()
             metrics[f"{prefix}/{name}"] = metrics.get(f"{prefix}/{name}", 0.0) + scale * float(val.detach())
@@ -294,8 +319,19 @@ class Engine:
             total = val * weight if total is None else total + val * weight
         return total, None
 
+    def _any_process(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any process: every rank must take the same skip/abort decision,
+        or the next gradient all-reduce would wait forever for the rank that skipped."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+
     def _apply(self, opt, sched, params, clip) -> tuple[bool, float]:
-        """Average gradients across processes, clip, step; skip the update if the norm is not finite."""
+        """Average gradients across processes, clip, step; skip the update if the norm is not finite.
+
+        Which parameters have no gradient is structural (the same losses run on every rank), so the
+        all-reduce sequence is the same on every process."""
         acc = self.accelerator
         if acc.num_processes > 1:
             for p in params:
@@ -333,29 +369,38 @@ class Engine:
         return b
 
     def _phase(self, phase: Phase, losses: list, micro: list, sample_for, critic, opt, sched, params, clip,
-               metrics: dict, prefix: str, purpose: str) -> str | None:
+               metrics: dict, prefix: str, purpose: str, scale: float = 1.0) -> str | None:
         """One optimiser update of one phase over all micro-batches. Returns the bad term, if any."""
         n = len(micro)
+        bad, produced = None, False
         for j, batch in enumerate(micro):
             memo: dict = {}  # shared by this phase's losses: the student is decoded once, not per loss
             ctx_for = (lambda rl, j=j, batch=batch, memo=memo: self._context(
-                phase, batch, sample_for(j), critic(rl), f"{purpose}/{j}/{rl.entry.name}", memo))
-            total, bad = self._evaluate(phase, losses, ctx_for, metrics, prefix, 1.0 / n)
+                phase, batch, sample_for(j), critic(rl), f"{purpose}/{j}/{self.label(rl)}", memo))
+            total, bad = self._evaluate(phase, losses, ctx_for, metrics, prefix, scale / n)
             if bad:
-                opt.zero_grad(set_to_none=True)
-                return bad
+                break
             if total is None:
-                return None
+                continue
+            produced = True
             self.accelerator.backward(total / n)
+        if self._any_process(bad is not None):
+            opt.zero_grad(set_to_none=True)
+            return bad or f"{prefix} (non-finite on another process)"
+        if not produced:
+            opt.zero_grad(set_to_none=True)
+            return None
         ok, norm = self._apply(opt, sched, params, clip)
-        metrics[f"grad_norm/{prefix.split('/', 1)[-1] if phase is Phase.CRITIC else 'student'}"] = norm
+        key = f"grad_norm/{prefix.split('/', 1)[-1] if phase is Phase.CRITIC else 'student'}"
+        metrics[key] = metrics.get(key, 0.0) + scale * norm
         return None if ok else f"grad_norm/{prefix}"
 
     def step(self, batch: dict | None = None) -> dict:
         """Run one optimisation step (critic phases, then the generator phase) and return its metrics.
 
         With ``gradient_accumulation_steps = N`` a step consumes N micro-batches (data batches kN..kN+N−1);
-        an explicitly passed ``batch`` is one micro-batch.
+        an explicitly passed ``batch`` is one micro-batch. Metrics are means over micro-batches and over a
+        critic's updates within the step.
         """
         self.setup()
         r = self.recipe
@@ -368,19 +413,25 @@ class Engine:
         cache: dict[int, tuple] = {}
 
         def student_sample(j: int, grad: bool):
-            """The student's output on micro-batch j. With one micro-batch it is made once (with the graph
-            when the generator trains) and shared by both phases; otherwise recomputed per phase from the
-            same seeds, which reproduces it exactly, so no graph is held across micro-batches."""
-            if j in cache and (cache[j][1] or not grad):
-                return cache[j][0]
+            """The student's output on micro-batch j, made once per step and shared by both phases.
+
+            With one micro-batch it keeps the graph (when the generator trains this step) so the
+            generator phase reuses it. With several, only detached values are kept (no graph is held
+            across micro-batches) and the generator phase recomputes the graph from the same seeds,
+            which gives the same values as long as the student has not been updated in between."""
+            hit = cache.get(j)
+            if hit is not None and (hit[1] or not grad):
+                return hit[0]
             b = micro[j]
             shape = self.backbone.sample_shape(len(b["prompts"]), r.data.resolution)
-            with self._trainable(self.student_params), torch.set_grad_enabled(grad):
+            with self._trainable(self.student_params), torch.set_grad_enabled(grad), self.accelerator.autocast():
                 out = self.student.training_sample(r.student.input, b["cond"], shape, self._generator("student", j),
                                                    real_x0=b.get("real_x0"), device=self.device,
                                                    dtype=torch.float32)
-            if n == 1:
+            if n == 1 or not grad:
                 cache[j] = (out, grad)
+            elif hit is None:
+                cache[j] = ((out[0].detach(), out[1], out[2].detach()), False)
             return out
 
         bad: list[str] = []
@@ -393,7 +444,8 @@ class Engine:
                         term = self._phase(Phase.CRITIC, bound, micro,
                                            lambda j: student_sample(j, grad=train_gen and n == 1),
                                            lambda rl, bc=bc: bc.critic, bc.optimizer, bc.scheduler, bc.params,
-                                           bc.grad_clip, metrics, f"critic/{bc.id}", f"{bc.id}/{u}")
+                                           bc.grad_clip, metrics, f"critic/{bc.id}", f"{bc.id}/{u}",
+                                           scale=1.0 / bc.updates_per_step)
                     if term:
                         bad.append(term)
 
@@ -407,8 +459,8 @@ class Engine:
                 bad.append(term)
                 return
             metrics["generator/total"] = sum(
-                metrics[f"generator/{rl.entry.name}"] * rl.entry.weight_at(self.global_step)
-                for rl, _ in self.losses if f"generator/{rl.entry.name}" in metrics)
+                metrics[f"generator/{self.label(rl)}"] * rl.entry.weight_at(self.global_step)
+                for rl, _ in self.losses if f"generator/{self.label(rl)}" in metrics)
             if self.ema is not None:
                 if self.global_step + 1 <= r.student.ema.start_step:
                     self.ema.reset()
@@ -527,6 +579,9 @@ class Engine:
                           str(tmp / f"critic-{bc.id}.safetensors"))
                 save_tree(bc.optimizer.state_dict(), tmp / f"optim-critic-{bc.id}")
                 save_tree(bc.scheduler.state_dict(), tmp / f"sched-critic-{bc.id}")
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:  # fp16 loss scale: part of exact resume
+                save_tree(scaler.state_dict(), tmp / "grad-scaler")
             (tmp / "state.json").write_text(json.dumps(
                 {"step": self.global_step, "nonfinite_streak": self._nonfinite_streak}))
 
@@ -556,6 +611,9 @@ class Engine:
             _load_params(bc.critic, load_file(str(f)), f"critic {bc.id}")
             bc.optimizer.load_state_dict(load_tree(path / f"optim-critic-{bc.id}"))
             bc.scheduler.load_state_dict(load_tree(path / f"sched-critic-{bc.id}"))
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and (path / "grad-scaler.json").exists():
+            scaler.load_state_dict(load_tree(path / "grad-scaler"))
         state = json.loads((path / "state.json").read_text())
         self.global_step = int(state["step"])
         self._nonfinite_streak = int(state.get("nonfinite_streak", 0))

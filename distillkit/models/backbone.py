@@ -46,6 +46,10 @@ class Backbone:
         """The diffusers scheduler an exported few-step student should be sampled with."""
         return None
 
+    def load_unet(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        """A fresh trainable copy of the teacher UNet in ``dtype`` (the student's starting point)."""
+        raise NotImplementedError
+
     def save_lora(self, unet: torch.nn.Module, path: str) -> None:
         """Write the LoRA adapter of a peft-wrapped ``unet`` so that ``pipe.load_lora_weights`` accepts it."""
         raise NotImplementedError

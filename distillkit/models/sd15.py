@@ -90,7 +90,21 @@ class SD15Backbone(Backbone):
         dtype = resolve_dtype(dtype)
         check_source(source, cls.folders)
         parts = cls._load_parts(source, dtype=dtype, revision=revision, variant=variant)
-        return cls(**parts, dtype=dtype).to(device)
+        backbone = cls(**parts, dtype=dtype).to(device)
+        backbone.source = {"source": source, "revision": revision, "variant": variant}
+        return backbone
+
+    def load_unet(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        """The teacher UNet loaded afresh in ``dtype``: a student trained in fp32 must start from the
+        original weights, not from the bf16/fp16 rounding the frozen teacher is held in."""
+        source = getattr(self, "source", None)
+        if next(self.teacher_unet.parameters()).dtype == dtype:
+            return copy.deepcopy(self.teacher_unet)
+        if source is None:
+            return copy.deepcopy(self.teacher_unet).to(dtype)
+        unet = load_component(UNet2DConditionModel, source["source"], "unet", dtype=dtype,
+                              revision=source["revision"], variant=source["variant"])
+        return unet.to(self.device)
 
     @classmethod
     def _load_parts(cls, source: str, *, dtype: torch.dtype, revision: str | None,
@@ -126,6 +140,12 @@ class SD15Backbone(Backbone):
 
         ``scheduler`` replaces the teacher's (see :meth:`few_step_scheduler`)."""
         pipe = self._pipeline(merged_unet(unet))
+        # Every component in float32: diffusers loads a saved model as float32 unless told otherwise while
+        # transformers keeps the saved dtype, so a bf16 text encoder beside a UNet would not run after
+        # a plain from_pretrained. Users pick their inference dtype with torch_dtype=.
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module) and any(p.dtype != torch.float32 for p in module.parameters()):
+                setattr(pipe, name, copy.deepcopy(module).float())
         if scheduler is not None:
             pipe.scheduler = scheduler
         pipe.save_pretrained(os.fspath(path), safe_serialization=True)

@@ -54,27 +54,35 @@ class Student(torch.nn.Module):
     @classmethod
     def from_teacher(cls, backbone: Backbone, teacher_unet: torch.nn.Module, timesteps: Sequence[int], *,
                      init: str = "teacher", lora: dict | None = None, dtype: torch.dtype = torch.float32,
-                     **kwargs) -> "Student":
-        """Copy the teacher UNet (``init="teacher"``) or re-initialise its architecture (``"random"``)."""
-        if init == "teacher":
-            unet = copy.deepcopy(teacher_unet)
-        elif init == "random":
-            unet = type(teacher_unet).from_config(teacher_unet.config)
-        else:
-            raise ValueError(f"student init must be 'teacher' or 'random', got {init!r}")
-        unet = unet.to(device=next(teacher_unet.parameters()).device)
-        if next(unet.parameters()).dtype != dtype:  # trainable weights are kept in full precision
-            unet = unet.to(dtype=dtype)
-        if lora:
-            from peft import LoraConfig
+                     seed: int | None = None, **kwargs) -> "Student":
+        """The teacher's weights afresh in ``dtype`` (``init="teacher"``) or its architecture re-initialised
+        (``"random"``), optionally with a LoRA adapter. Random initialisations (a random student, LoRA's
+        A matrices) draw from ``seed``, so the same recipe seed gives the same start in any process."""
+        from distillkit.utils import seeded
 
-            unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=lora["rank"], lora_alpha=lora.get("alpha") or lora["rank"],
-                                        init_lora_weights="gaussian",
-                                        target_modules=list(lora.get("target_modules",
-                                                                     ["to_k", "to_q", "to_v", "to_out.0"]))))
-        else:
-            unet.requires_grad_(True)
+        with seeded(seed):
+            if init == "teacher":
+                try:
+                    unet = backbone.load_unet(dtype)
+                except NotImplementedError:  # a family without its own loader: copy what is in memory
+                    unet = copy.deepcopy(teacher_unet)
+            elif init == "random":
+                unet = type(teacher_unet).from_config(teacher_unet.config)
+            else:
+                raise ValueError(f"student init must be 'teacher' or 'random', got {init!r}")
+            unet = unet.to(device=next(teacher_unet.parameters()).device)
+            if next(unet.parameters()).dtype != dtype:  # trainable weights are kept in full precision
+                unet = unet.to(dtype=dtype)
+            if lora:
+                from peft import LoraConfig
+
+                unet.requires_grad_(False)
+                unet.add_adapter(LoraConfig(r=lora["rank"], lora_alpha=lora.get("alpha") or lora["rank"],
+                                            init_lora_weights="gaussian",
+                                            target_modules=list(lora.get("target_modules",
+                                                                         ["to_k", "to_q", "to_v", "to_out.0"]))))
+            else:
+                unet.requires_grad_(True)
         unet.train()
         return cls(backbone, unet, timesteps, **kwargs)
 
