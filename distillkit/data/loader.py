@@ -53,8 +53,11 @@ class BatchSource:
     @classmethod
     def from_config(cls, data_cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
                     base_dir: Union[str, os.PathLike, None] = None) -> "BatchSource":
-        """Build from a recipe's ``[data]`` table; relative paths are taken from ``base_dir`` (the
-        recipe's folder), so a recipe runs the same from any working directory."""
+        """Build from a recipe's ``[data]`` table; relative paths are resolved against ``base_dir``.
+
+        ``None`` leaves them relative to the current working directory, which is what the engine
+        passes: recipe paths are taken from where the run is launched (the README's convention), as
+        are the model and weight paths, rather than from the recipe's folder."""
         common = dict(batch_size=data_cfg.batch_size, seed=seed, rank=rank, world_size=world_size)
         transform = dict(resolution=data_cfg.resolution, center_crop=data_cfg.center_crop,
                          random_flip=data_cfg.random_flip, strict=data_cfg.strict, seed=seed)

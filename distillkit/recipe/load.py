@@ -533,6 +533,11 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
 
     Raises one RecipeError with every problem; critic asset problems (missing weight files) come back
     as ``warnings`` since ``validate`` should report them without failing.
+
+    ``enabled = false`` entries are still looked up and validated (a typo should not wait until the
+    entry is switched back on) but are left out of the result, so an ablation is one key. A critic only
+    disabled losses would have used is dropped with them rather than reported as unused; a disabled
+    critic that an enabled loss trains against is an error.
     """
     problems: list[str] = []
     warnings: list[str] = []
@@ -542,7 +547,7 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
     except PluginError as exc:
         problems.append(f"model.family: {exc}{_registration_hint(registry, 'backbone')}")
 
-    critics: list[ResolvedCritic] = []
+    critics: list[tuple[int, ResolvedCritic]] = []
     unknown_critics: set[int] = set()
     for j, entry in enumerate(recipe.critics):
         try:
@@ -553,13 +558,12 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
             continue
         config = _params(cls, entry.params, f"critics[{j}]", problems)
         if config is not None:
-            critics.append(ResolvedCritic(entry, cls, config, entry.instance_id))
-            # A critic names its own fields as ``critics[*].params.x`` (it cannot know its index).
-            warnings.extend(w.replace("critics[*]", f"critics[{j}]") if "critics[*]" in w
-                            else f"critics[{j}] ({entry.name}): {w}" for w in cls.check_assets(config))
+            critics.append((j, ResolvedCritic(entry, cls, config, entry.instance_id)))
 
+    index = {entry.instance_id: j for j, entry in enumerate(recipe.critics)}  # ids are unique after stage 1
     losses: list[ResolvedLoss] = []
-    used: set[str] = set()
+    used: set[str] = set()  # ids an enabled loss trains against (or, on a failed binding, could have meant)
+    used_by_disabled: set[str] = set()  # the same for disabled losses: such a critic is dropped, not unused
     all_losses_known = True
     for i, entry in enumerate(recipe.losses):
         try:
@@ -571,8 +575,15 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
                 used.add(entry.critic)
             continue
         config = _params(cls, entry.params, f"losses[{i}]", problems)
+        if not entry.enabled:  # binding problems of a loss that is not run are not problems of this recipe
+            used_by_disabled |= _bind_critic(i, entry, cls.critic, recipe.critics, [])[1]
+            continue
         critic_id, meant = _bind_critic(i, entry, cls.critic, recipe.critics, problems)
         used |= meant  # a critic a failed binding could have meant is not also reported as unused
+        if critic_id is not None and not recipe.critics[index[critic_id]].enabled:
+            problems.append(f"losses[{i}] ({entry.name}) trains against critics[{index[critic_id]}] "
+                            f"({critic_id!r}), which has enabled = false: enable that critic or set "
+                            f"losses[{i}].enabled = false")
         if cls.needs_real_data and not recipe.data.has_images:
             problems.append(f"losses[{i}] ({entry.name}) needs real images: set data.images or data.dataset")
         if config is not None:
@@ -580,15 +591,20 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
 
     if all_losses_known:  # an unknown loss may be the one meant to use a critic: do not blame the critic
         for j, entry in enumerate(recipe.critics):
-            if entry.instance_id not in used and j not in unknown_critics:
+            if entry.enabled and entry.instance_id not in used | used_by_disabled and j not in unknown_critics:
                 problems.append(f"critics[{j}] ({entry.instance_id!r}) is not used by any loss: remove it, or add "
                                 f"a loss that trains it")
     if problems:
         raise RecipeError(problems, None if source is None else str(source))
+    kept = [(j, rc) for j, rc in critics if rc.entry.enabled and rc.id in used]
+    for j, rc in kept:  # asset problems only of critics that will be built
+        # A critic names its own fields as ``critics[*].params.x`` (it cannot know its index).
+        warnings.extend(w.replace("critics[*]", f"critics[{j}]") if "critics[*]" in w
+                        else f"critics[{j}] ({rc.entry.name}): {w}" for w in rc.cls.check_assets(rc.config))
     src = Path(source) if source is not None else None
     if base_dir is None:
         base_dir = src.resolve().parent if src is not None else Path.cwd()
-    return ResolvedRecipe(recipe, src, Path(base_dir), backbone_cls, losses, critics, warnings)
+    return ResolvedRecipe(recipe, src, Path(base_dir), backbone_cls, losses, [rc for _, rc in kept], warnings)
 
 
 def load_recipe(path_or_dict: str | Path | Mapping, overrides: Sequence[str] = (), registry: "Registry | None" = None,

@@ -135,6 +135,8 @@ class TrainConfig(Section):
 class CriticEntry(Section):
     name: str = Field(..., description="qualified critic type, e.g. add.discriminator")
     id: Optional[str] = Field(None, description="instance id losses refer to; default: the type's short name")
+    enabled: bool = Field(True, description="false drops the entry; a critic whose every loss is disabled is "
+                                            "dropped too")
     updates_per_step: int = Field(1, ge=1)
     optim: OptimConfig = OptimConfig()
     params: dict[str, Any] = {}
@@ -171,6 +173,8 @@ class LossEntry(Section):
     name: str = Field(..., description="qualified loss name, e.g. add.adversarial")
     weight: Union[float, WeightSchedule] = 1.0
     critic: Optional[str] = Field(None, description="critic instance id; default: the only critic of the right type")
+    enabled: bool = Field(True, description="false drops the entry (a one-key loss ablation); its name and params "
+                                            "are still checked")
     params: dict[str, Any] = {}
 
     def weight_at(self, step: int) -> float:
@@ -208,6 +212,8 @@ class Recipe(Section):
         for i, loss in enumerate(self.losses):
             if loss.critic is not None and loss.critic not in ids:
                 problems.append(f"losses[{i}].critic: no critic with id {loss.critic!r} (ids: {ids or 'none'})")
+        if self.losses and not any(loss.enabled for loss in self.losses):
+            problems.append("losses: every entry has enabled = false, so nothing would train: enable at least one")
         if self.sample.steps is None:
             self.sample.steps = sorted({1, len(self.student.timesteps)})
         bad = [s for s in self.sample.steps if s > len(self.student.timesteps) or s < 1]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
                        StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from distillkit.models.pixel import write_pixel_folder
 from distillkit.testing.tokenizer import MAX_LENGTH, tiny_clip_tokenizer
+from distillkit.utils import seeded
 
 SEED = 0
 TEXT_WIDTH = 32
@@ -39,11 +39,6 @@ def sdxl_scheduler() -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading")
 
 
-def _seeded(build, seed: int):
-    torch.manual_seed(seed)
-    return build()
-
-
 def tiny_text_encoder(tokenizer, cls=CLIPTextModel, seed: int = SEED, **config):
     """A 2-layer, 32-wide CLIP text encoder whose vocabulary and special ids match ``tokenizer``.
 
@@ -53,33 +48,38 @@ def tiny_text_encoder(tokenizer, cls=CLIPTextModel, seed: int = SEED, **config):
                          max_position_embeddings=MAX_LENGTH, vocab_size=len(tokenizer),
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **config)
-    return _seeded(lambda: cls(cfg), seed)
+    with seeded(seed):
+        return cls(cfg)
 
 
 def tiny_vae(scaling_factor: float, seed: int = SEED) -> AutoencoderKL:
-    return _seeded(lambda: AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64, scaling_factor=scaling_factor), seed)
+    with seeded(seed):
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+            norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64, scaling_factor=scaling_factor)
 
 
 def tiny_sd_unet(in_channels: int = 4, sample_size: int = 8, seed: int = SEED) -> UNet2DConditionModel:
-    return _seeded(lambda: UNet2DConditionModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=8), seed)
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, block_out_channels=(32, 64),
+            layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH,
+            attention_head_dim=8)
 
 
 def tiny_sdxl_unet(seed: int = SEED) -> UNet2DConditionModel:
     """SDXL's conditioning layout: cross-attention over both encoders (2 × 32), pooled 32 + 6 time ids × 8."""
     time_embed = 8
-    return _seeded(lambda: UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2 * TEXT_WIDTH, attention_head_dim=(2, 4), use_linear_projection=True,
-        transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=time_embed,
-        projection_class_embeddings_input_dim=TEXT_WIDTH + 6 * time_embed), seed)
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT_WIDTH,
+            attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+            addition_embed_type="text_time", addition_time_embed_dim=time_embed,
+            projection_class_embeddings_input_dim=TEXT_WIDTH + 6 * time_embed)
 
 
 def build_tiny_sd15(path: str | os.PathLike) -> Path:

@@ -46,17 +46,29 @@ def test_plugins_lists_builtins_and_survives_a_broken_plugin(tmp_path):
     assert "broken" in out and "failed to import" in out and "ModuleNotFoundError" in out
 
 
-def test_validate_reports_every_problem_with_exit_code_2_and_no_traceback(tmp_path, capsys):
+MALFORMED_RECIPE = ('[run]\nmax_stesp = 10\n[model]\nfamily = "sd15"\npretrained = "x"\n'
+                    '[student]\ntimesteps = [249, 999]\n[data]\nprompts = ["a"]\n'
+                    '[[losses]]\nname = "core.regresion"\n')
+
+
+def test_validate_reports_every_problem_with_exit_code_2(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[run]\nmax_stesp = 10\n[model]\nfamily = "sd15"\npretrained = "x"\n'
-                   '[student]\ntimesteps = [249, 999]\n[data]\nprompts = ["a"]\n'
-                   '[[losses]]\nname = "core.regresion"\n')
+    bad.write_text(MALFORMED_RECIPE)
     code = main(["validate", str(bad)])
     err = capsys.readouterr().err
     assert code == 2
     assert "run.max_stesp" in err and "max_steps" in err
     assert "student.timesteps" in err and "strictly decreasing" in err
-    assert "Traceback" not in err
+
+
+def test_a_malformed_recipe_prints_no_traceback_through_the_real_entry_point(tmp_path):
+    # In-process, an uncaught exception would propagate rather than print, so only a subprocess shows
+    # what a user sees on the terminal.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MALFORMED_RECIPE)
+    res = run_cli("validate", str(bad))
+    assert res.returncode == 2, res.stderr
+    assert "run.max_stesp" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_validate_unknown_loss_suggests_the_closest_name(tmp_path, capsys):
@@ -102,5 +114,40 @@ def test_run_with_missing_model_folder_is_one_clear_error(tmp_path, fixtures_dir
     code = main(["run", str(ROOT / "recipes" / "tiny_cpu.toml"), "--set", f"model.pretrained={tmp_path}/nope",
                  "--set", f"run.output_dir={tmp_path}/out", "--set", f"data.images={fixtures_dir['shapes']}"])
     err = capsys.readouterr().err
-    assert code == 3 and f"{tmp_path}/nope" in err and "Traceback" not in err
+    assert code == 3 and f"{tmp_path}/nope" in err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_sd15_path, tmp_path_factory):
+    """A finished one-step data-free run of a 2-timestep student (the engine's quickest real output)."""
+    from distillkit import Engine
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    recipe = {
+        "run": {"name": "t", "output_dir": str(out), "max_steps": 1, "checkpoint_every": 1, "sample_every": 0,
+                "progress": False},
+        "model": {"family": "sd15", "pretrained": str(tiny_sd15_path)},
+        "student": {"timesteps": [999, 499], "input": "noise"},
+        "data": {"prompts": ["a red circle", "a blue square"], "resolution": 32, "batch_size": 2},
+        "train": {"device": "cpu"},
+        "losses": [{"name": "core.regression"}],
+        "sample": {"prompts": ["a red circle"], "steps": [1]},
+    }
+    assert Engine.from_recipe(recipe).setup().fit() == "completed"
+    return out
+
+
+def test_sample_steps_outside_the_students_timesteps_is_a_usage_error(tiny_run, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    for steps in ("0", "3", "-1"):  # 0 used to mean "all" silently; 3 > the 2 timesteps was a traceback
+        code = main(["sample", str(tiny_run), "--prompt", "a red circle", "--steps", "1", "--steps", steps,
+                     "--device", "cpu", "--out", str(png)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        [line] = err.strip().splitlines()
+        assert f"--steps {steps}:" in line and "has 2 timestep(s) [999, 499]" in line, line
+        assert "between 1 and 2" in line and not png.exists()
+    assert main(["sample", str(tiny_run), "--prompt", "a red circle", "--steps", "1", "--steps", "2",
+                 "--device", "cpu", "--out", str(png)]) == 0
+    assert png.is_file()

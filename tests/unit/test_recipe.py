@@ -135,6 +135,37 @@ def test_critics_are_bound_and_params_validated(registry, tmp_path):
     assert resolved.base_dir == tmp_path
 
 
+def test_disabled_losses_are_dropped_with_the_critics_only_they_used(registry, tmp_path):
+    data = base()
+    data["critics"] = [{"name": "fake.disc", "params": {"weights": str(tmp_path / "gone.pt")}},
+                       {"name": "fake.score"}]
+    data["losses"] = [{"name": "fake.adversarial", "enabled": False}, {"name": "fake.score"},
+                      {"name": "fake.score", "enabled": False, "weight": 3.0}, {"name": "core.regression"}]
+    resolved = load_recipe(data, registry=registry)
+    assert [(rl.cls, rl.critic_id, rl.entry.weight) for rl in resolved.losses] == [
+        (ScoreLoss, "score", 1.0), (builtin.TeacherRegression, None, 1.0)]
+    # 'disc' only served a disabled loss: dropped, not "unused", and its missing file is no warning (never built)
+    assert [rc.id for rc in resolved.critics] == ["score"] and resolved.warnings == []
+    # a disabled critic no loss needs is dropped too, where an enabled one would be reported as unused
+    data["losses"] = [{"name": "core.regression"}]
+    data["critics"][1]["enabled"] = False
+    assert problems_of(data, registry) == ["critics[0] ('disc') is not used by any loss: remove it, or add a loss "
+                                           "that trains it"]
+    data["critics"][0]["enabled"] = False
+    assert load_recipe(data, registry=registry).critics == []
+
+
+def test_disabling_one_loss_is_a_single_override(registry):
+    data = base()
+    data["critics"] = [{"name": "fake.disc"}]
+    data["losses"] = [{"name": "fake.adversarial"}, {"name": "core.regression", "weight": 2.5}]
+    only_regression = load_recipe(data, ["losses[0].enabled=false"], registry=registry)
+    assert [rl.entry.name for rl in only_regression.losses] == ["core.regression"] and only_regression.critics == []
+    only_adversarial = load_recipe(data, ["losses[1].enabled=false"], registry=registry)
+    assert [rl.entry.name for rl in only_adversarial.losses] == ["fake.adversarial"]
+    assert [rc.id for rc in only_adversarial.critics] == ["disc"]
+
+
 def test_asset_problems_are_warnings_not_errors(registry, tmp_path):
     data = base()
     data["critics"] = [{"name": "fake.disc", "params": {"weights": str(tmp_path / "dino.pt")}}]
@@ -230,6 +261,21 @@ MALFORMED = [
      ["critic ids ['disc'] are used twice: give each [[critics]] entry a distinct id"]),
     ("critic-id-unknown", _both(_critics({"name": "fake.disc"}), _losses({"name": "fake.adversarial", "critic": "d"})),
      ["losses[0].critic: no critic with id 'd'", "['disc']"]),
+    ("critic-id-unknown-on-a-disabled-loss",
+     _both(_critics({"name": "fake.disc"}),
+           _losses({"name": "fake.adversarial", "critic": "d", "enabled": False}, {"name": "core.regression"})),
+     ["losses[0].critic: no critic with id 'd'", "['disc']"]),
+    ("every-loss-disabled", ["losses[0].enabled=false"],
+     ["losses: every entry has enabled = false, so nothing would train: enable at least one"]),
+    ("disabled-loss-params-still-checked",
+     _losses({"name": "fake.plain", "enabled": False, "params": {"scale": -2}}, {"name": "core.regression"}),
+     ["losses[0].params.scale: must be > 0 (got -2)"]),
+    ("disabled-critic-params-still-checked", _critics({"name": "fake.disc", "enabled": False, "params": {"layers": 0}}),
+     ["critics[0].params.layers: must be >= 1 (got 0)"]),
+    ("disabled-critic-needed-by-an-enabled-loss",
+     _both(_critics({"name": "fake.disc", "enabled": False}), _losses({"name": "fake.adversarial"})),
+     ["losses[0] (fake.adversarial) trains against critics[0] ('disc'), which has enabled = false: enable that "
+      "critic or set losses[0].enabled = false"]),
     ("value-truncated", ["model.dtype=" + "x" * 200], ["model.dtype: must be one of", "(got 'xxxxxxxx", "...)"]),
     # -- stage 2 --
     ("unknown-family", ["model.family=tyo"], ["model.family: unknown model family 'tyo'; did you mean 'toy'?"]),

@@ -40,8 +40,13 @@ def test_heads_and_logit_shapes(build_env, tiny_disc_params):
 def test_layers_and_patch_embed_select_heads(build_env, tiny_disc_params):
     disc = make(build_env, **tiny_disc_params, layers=[0, 1, 2, 3], use_patch_embed=False)
     assert len(disc.heads) == 4
-    with pytest.raises(ValueError, match="4 blocks"):
-        make(build_env, **tiny_disc_params, layers=[7])
+    assert len(make(build_env, **tiny_disc_params, layers=[-4, -1]).heads) == 3  # from the end, + patch embed
+    # out of range: rejected by the config (so by `distillkit validate`), before anything is built
+    msg = r"tiny test ViT has 4 blocks; cannot tap layers \[7, -5\]: use indices 0\.\.3 \(or -4\.\.-1"
+    with pytest.raises(pydantic.ValidationError, match=msg):
+        Discriminator.Config(**tiny_disc_params, layers=[1, 7, -5])
+    with pytest.raises(ValueError, match="4 blocks"):  # and by the network itself when built directly
+        build_feature_network("tiny", layers=[4])
 
 
 def test_only_heads_and_projections_are_trainable(build_env, tiny_disc_params):

@@ -38,7 +38,7 @@ ABLATIONS = {
     "image only (1b)": ["critics[0].params.text_conditioning=false"],
     "random student (1c)": ["student.init=random"],
     "sds weighting (1d)": ["losses[1].params.weighting=sds"],
-    "one student step (1e)": ["student.timesteps=[999]", "sample.steps=[1]"],
+    "one student step (1e)": ["student.timesteps=[999]"],
 }
 
 
@@ -47,16 +47,32 @@ def test_table1_ablations_are_one_key_each(overrides):
     load_recipe(RECIPES / "add_sd15.toml", overrides)
 
 
-def test_adversarial_only_and_distill_only_ablations():
-    import tomllib
+def test_one_step_student_samples_with_one_step():
+    assert load_recipe(RECIPES / "add_sd15.toml").recipe.sample.steps == [1, 4]
+    assert load_recipe(RECIPES / "add_sd15.toml", ["student.timesteps=[999]"]).recipe.sample.steps == [1]
 
-    data = tomllib.loads((RECIPES / "add_sd15.toml").read_text())
-    adv_only = dict(data, losses=[data["losses"][0]])
-    assert [l.entry.name for l in load_recipe(adv_only, base_dir=RECIPES).losses] == ["add.adversarial"]
-    distill_only = dict(data, losses=[data["losses"][1]])
-    with pytest.raises(RecipeError, match="not used by any loss"):
-        load_recipe(distill_only, base_dir=RECIPES)
-    load_recipe(dict(distill_only, critics=[]), base_dir=RECIPES)
+
+def test_distill_only_and_adversarial_only_are_one_key_each():
+    distill_only = load_recipe(RECIPES / "add_sd15.toml", ["losses[0].enabled=false"])
+    assert [l.entry.name for l in distill_only.losses] == ["add.distill"]
+    assert distill_only.critics == [] and distill_only.warnings == []  # the discriminator is not built
+    adv_only = load_recipe(RECIPES / "add_sd15.toml", ["losses[1].enabled=false"])
+    assert [(l.entry.name, l.critic_id) for l in adv_only.losses] == [("add.adversarial", "discriminator")]
+    assert [c.id for c in adv_only.critics] == ["discriminator"]
+
+
+def test_out_of_range_layers_fail_validation_naming_the_field():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(RECIPES / "add_sd15.toml", ["critics[0].params.layers=[2,5,8,30]"])
+    [line] = info.value.problems
+    assert line.startswith("critics[0].params.layers: ")
+    assert "DINOv2 ViT-S/14 has 12 blocks; cannot tap layers [30]: use indices 0..11" in line
+    # the check follows feature_network: block 20 is out of range on ViT-S, fine on the 24-block ViT-L
+    with pytest.raises(RecipeError, match=r"cannot tap layers \[20\]"):
+        load_recipe(RECIPES / "add_sd15.toml", ["critics[0].params.layers=[2,5,8,20]"])
+    load_recipe(RECIPES / "add_sd15.toml", ["critics[0].params.layers=[2,5,8,20]",
+                                             "critics[0].params.feature_network=dinov2_vitl14",
+                                             "critics[0].params.weights=weights/dinov2_vitl14.safetensors"])
 
 
 def test_a_misspelt_param_is_reported_with_its_path():
@@ -94,8 +110,8 @@ def test_tiny_end_to_end_run(tiny_sd15_path, tmp_path):
     assert all(torch.equal(p, net[n]) for n, p in disc.net.named_parameters()), "the frozen features moved"
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r.get("step") == 3 and "event" not in r][0]
-    for key in ("loss/add.adversarial/g_adv", "loss/add.adversarial/d_real", "loss/add.adversarial/r1",
-                "loss/add.distill/distill", "loss/add.distill/c_mean"):
+    for key in ("loss/add.adversarial/g_adv", "critic/discriminator/add.adversarial/d_real",
+                "critic/discriminator/add.adversarial/r1", "loss/add.distill/distill", "loss/add.distill/c_mean"):
         assert key in last and last[key] == last[key], key  # present and not NaN
 
     # Resume: a fresh engine on the same folder restores the heads (spectral-norm state included).

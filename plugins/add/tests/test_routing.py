@@ -151,6 +151,22 @@ def test_real_and_fake_branches_get_independent_augmentations(tiny_sd15, tiny_di
     assert bool(same) is not augment
 
 
+def test_two_discriminators_sharing_a_phase_memo_each_get_their_own_conditioning(sd15_setup, tiny_disc_params):
+    # The engine shares one memo among all losses of a phase; a second discriminator with other
+    # encoders (image conditioning only: a different c) must not be handed the first one's c.
+    s = sd15_setup
+    env = BuildEnv(backbone=s.backbone, teacher=s.teacher, student=s.student, resolution=RES,
+                   device=torch.device("cpu"))
+    other = Discriminator.build(Discriminator.Config(**tiny_disc_params, text_conditioning=False), env)
+    s.disc.eval(), other.eval()  # no spectral-norm power iteration between the calls compared
+    memo: dict = {}
+    with torch.no_grad():
+        Adversarial().generator_loss(context(s, Phase.GENERATOR, memo=memo))
+        shared = Adversarial().generator_loss(context(s, Phase.GENERATOR, critic=other, memo=memo)).total
+        alone = Adversarial().generator_loss(context(s, Phase.GENERATOR, critic=other)).total
+    torch.testing.assert_close(shared, alone)
+
+
 # -- the distillation loss wired to a real teacher -------------------------------------------------------------
 def _replay_draws(ctx_seed: int, x0: torch.Tensor, t_min=20, t_max=980):
     """The (t, ε') a Distill call draws from a fresh context generator with ``ctx_seed``."""

@@ -24,7 +24,7 @@ from distillkit.roles.critic import BuildEnv, Critic
 
 from distillkit_add.augment import diff_augment, parse_policy, random_crop
 from distillkit_add.encoders import BackboneTextEncoder, ImageEncoder, OpenCLIPTextEncoder, open_clip_text_problem
-from distillkit_add.features import NETWORKS, build_feature_network, spec_weights_problem
+from distillkit_add.features import NETWORKS, build_feature_network, layers_problem, spec_weights_problem
 from distillkit_add.heads import DiscHead
 
 FeatureNetworkName = Literal["dinov2_vits14", "dino_vits16", "clip_vitb16", "dinov2_vitl14", "clip_vitl14", "tiny"]
@@ -72,6 +72,16 @@ class DiscriminatorConfig(pydantic.BaseModel):
     def _policy(cls, v):
         parse_policy(v)
         return v or None
+
+    @pydantic.field_validator("layers")
+    @classmethod
+    def _layers_in_range(cls, v, info: pydantic.ValidationInfo):
+        """Against the chosen network's block count (declared before ``layers``, so already validated)."""
+        network = info.data.get("feature_network")
+        problem = layers_problem(NETWORKS[network], v) if v is not None and network is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @pydantic.model_validator(mode="after")
     def _consistent(self):

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from distillkit.errors import ModelLoadError
+from distillkit.utils import seeded
 
-from distillkit_add.features import FeatureNetwork, _seeded, weights_problem
+from distillkit_add.features import RANDOM_INIT_SEED, FeatureNetwork, weights_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from distillkit.models.backbone import Backbone
@@ -56,7 +57,7 @@ class OpenCLIPTextEncoder(torch.nn.Module):
         if problem:
             raise ModelLoadError(problem)
         try:
-            with _seeded():
+            with seeded(RANDOM_INIT_SEED):
                 model = open_clip.create_model(name, pretrained=str(weights) if weights else None,
                                                require_pretrained=weights is not None)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one readable line

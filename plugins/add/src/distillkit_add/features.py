@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from distillkit.errors import ModelLoadError
+from distillkit.utils import seeded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +50,7 @@ class NetSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_layers: tuple[int, ...]
+    depth: int  # transformer blocks, so tapped layer indices can be checked before anything is built
 
     @property
     def needs_weights(self) -> bool:
@@ -58,22 +60,36 @@ class NetSpec:
 NETWORKS: dict[str, NetSpec] = {
     spec.key: spec for spec in (
         NetSpec("dinov2_vits14", "DINOv2 ViT-S/14", "timm", "vit_small_patch14_dinov2",
-                "timm: vit_small_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD, (2, 5, 8, 11)),
+                "timm: vit_small_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD, (2, 5, 8, 11), 12),
         NetSpec("dinov2_vitl14", "DINOv2 ViT-L/14", "timm", "vit_large_patch14_dinov2",
-                "timm: vit_large_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD, (5, 11, 17, 23)),
+                "timm: vit_large_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD, (5, 11, 17, 23), 24),
         NetSpec("dino_vits16", "DINO ViT-S/16", "timm", "vit_small_patch16_224.dino",
-                "timm: vit_small_patch16_224.dino", 224, IMAGENET_MEAN, IMAGENET_STD, (2, 5, 8, 11)),
+                "timm: vit_small_patch16_224.dino", 224, IMAGENET_MEAN, IMAGENET_STD, (2, 5, 8, 11), 12),
         NetSpec("clip_vitb16", "CLIP ViT-B/16", "open_clip", "ViT-B-16",
                 "open_clip: ViT-B-16, e.g. pretrained='openai'", 224, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                (2, 5, 8, 11)),
+                (2, 5, 8, 11), 12),
         NetSpec("clip_vitl14", "CLIP ViT-L/14", "open_clip", "ViT-L-14",
                 "open_clip: ViT-L-14, e.g. pretrained='openai'", 224, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                (5, 11, 17, 23)),
+                (5, 11, 17, 23), 24),
         # A 4-block, 32-channel ViT at 32×32: the discriminator's mechanics on a CPU in milliseconds.
         NetSpec("tiny", "tiny test ViT", "tiny", "VisionTransformer(img_size=32, patch_size=8, embed_dim=32)",
-                "none (always random)", 32, IMAGENET_MEAN, IMAGENET_STD, (1, 3)),
+                "none (always random)", 32, IMAGENET_MEAN, IMAGENET_STD, (1, 3), 4),
     )
 }
+
+
+def layers_problem(spec: NetSpec, layers: Sequence[int]) -> Optional[str]:
+    """Why ``layers`` cannot be tapped on ``spec``'s network, or None.
+
+    Checked from the spec's block count when the recipe is validated, so a typo fails ``distillkit
+    validate`` instead of a run that has already loaded its models. Negative indices count from the
+    end, as Python's (and the forward hooks') indexing does.
+    """
+    bad = [i for i in layers if not -spec.depth <= i < spec.depth]
+    if not bad:
+        return None
+    return (f"{spec.label} has {spec.depth} blocks; cannot tap layers {bad}: use indices 0..{spec.depth - 1} "
+            f"(or -{spec.depth}..-1 from the end)")
 
 
 def weights_problem(label: str, source: str, weights: Optional[str], allow_random_init: bool,
@@ -103,14 +119,6 @@ def spec_weights_problem(spec: NetSpec, weights: Optional[str], allow_random_ini
     return weights_problem(spec.label, spec.source, weights, allow_random_init, key)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int = RANDOM_INIT_SEED):
-    """Fix the CPU RNG while a random-init network is built, without disturbing the caller's stream."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _build_timm(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
     import timm
 
@@ -118,7 +126,7 @@ def _build_timm(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
     if "dinov2" in spec.model_name:
         kwargs["img_size"] = spec.resolution  # timm's DINOv2 defaults to 518; weights are resampled
     if weights is None:
-        with _seeded():
+        with seeded(RANDOM_INIT_SEED):
             return timm.create_model(spec.model_name, pretrained=False, **kwargs)
     # timm's own checkpoint filter converts the original (facebookresearch) DINO/DINOv2 key layout and
     # resamples the position embedding to ``img_size``: a .pth from torch.hub or timm's safetensors both load.
@@ -129,7 +137,7 @@ def _build_timm(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
 def _build_open_clip(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
     import open_clip
 
-    with _seeded() if weights is None else contextlib.nullcontext():
+    with seeded(RANDOM_INIT_SEED) if weights is None else contextlib.nullcontext():
         model = open_clip.create_model(spec.model_name, pretrained=str(weights) if weights else None,
                                        require_pretrained=weights is not None)
     return model.visual
@@ -138,7 +146,7 @@ def _build_open_clip(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
 def _build_tiny(spec: NetSpec, weights: Optional[str]) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    with _seeded():
+    with seeded(RANDOM_INIT_SEED):
         return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=0)
 
 
@@ -172,10 +180,12 @@ class FeatureNetwork(torch.nn.Module):
             self.channels = model.embed_dim
             self.embed_dim = model.num_features
         self.layers = list(spec.default_layers if layers is None else layers)
-        depth = len(self._blocks)
-        bad = [i for i in self.layers if not -depth <= i < depth]
-        if bad:
-            raise ValueError(f"{spec.label} has {depth} blocks (0..{depth - 1}); cannot tap layers {bad}")
+        if len(self._blocks) != spec.depth:  # the spec's depth is what recipes were validated against
+            raise ValueError(f"{spec.label}: the built model has {len(self._blocks)} blocks, its spec says "
+                             f"{spec.depth}")
+        problem = layers_problem(spec, self.layers)
+        if problem:
+            raise ValueError(problem)
         self.use_patch_embed = use_patch_embed
 
     @property

@@ -27,11 +27,6 @@ from distillkit.models.conditioning import Conditioning
 from distillkit_add import functional as Fn
 
 
-def _unwrap(module):
-    """The discriminator behind a DDP/accelerate wrapper (its helper methods live on the inner module)."""
-    return getattr(module, "module", module)
-
-
 class Adversarial(Loss):
     """L_adv (ADD eq. 2-3): hinge GAN with a projected discriminator on frozen ViT features.
 
@@ -45,9 +40,10 @@ class Adversarial(Loss):
 
     @staticmethod
     def _critic(ctx: StepContext):
+        """The bound discriminator; the engine passes the module itself (critics are never DDP-wrapped)."""
         if ctx.critic is None:
             raise RuntimeError("add.adversarial needs its add.discriminator critic in ctx.critic")
-        return ctx.critic, _unwrap(ctx.critic)
+        return ctx.critic
 
     @staticmethod
     def _real(ctx: StepContext) -> torch.Tensor:
@@ -57,22 +53,26 @@ class Adversarial(Loss):
         return real
 
     def _condition(self, ctx: StepContext, disc) -> Optional[torch.Tensor]:
-        """[c_text, c_img] of this batch; c_img is of the real image behind each student input (§3.2)."""
+        """[c_text, c_img] of this batch; c_img is of the real image behind each student input (§3.2).
+
+        Memoised per discriminator: two discriminators in one recipe (e.g. different feature networks
+        or conditioning) each have their own encoders, so they must not share one vector.
+        """
         def compute():
             real = self._real(ctx) if disc.image_encoder is not None else None
             return disc.condition(ctx.prompts, ctx.cond, real)
-        return ctx.cached("add.discriminator.condition", compute)
+        return ctx.cached(("add.discriminator.condition", id(disc)), compute)
 
     def generator_loss(self, ctx: StepContext) -> LossOutput:
-        critic, disc = self._critic(ctx)
+        disc = self._critic(ctx)
         c = self._condition(ctx, disc)
         features = disc.features(ctx.student_pixels(), ctx.generator)
-        logits = critic(features, c)
+        logits = disc(features, c)
         loss = Fn.hinge_g_loss(logits, disc.config.reduction)
         return LossOutput(loss, {"g_adv": loss.detach(), "logits_fake_mean": _mean(logits)})
 
     def critic_loss(self, ctx: StepContext) -> LossOutput:
-        critic, disc = self._critic(ctx)
+        disc = self._critic(ctx)
         c = self._condition(ctx, disc)
         with torch.no_grad():  # nothing upstream of the heads' inputs trains in this phase
             fake = ctx.student_pixels().detach()
@@ -80,8 +80,8 @@ class Adversarial(Loss):
             fake_features = disc.features(fake, ctx.generator)
         # R1 is taken w.r.t. each head's input f_k = F_k(x0) (ADD §3.2), so those become the leaves.
         real_features = [f.detach().requires_grad_(True) for f in real_features]
-        real_logits = critic(real_features, c)
-        fake_logits = critic(fake_features, c)
+        real_logits = disc(real_features, c)
+        fake_logits = disc(fake_features, c)
         d_real, d_fake = Fn.hinge_d_loss(real_logits, fake_logits, disc.config.reduction)
         total = d_real + d_fake
         terms = {"d_real": d_real.detach(), "d_fake": d_fake.detach(), "logits_real_mean": _mean(real_logits),
