@@ -340,11 +340,10 @@ class Engine:
         scaler = getattr(acc, "scaler", None)  # fp16: unscale before clipping, so the norm is the true one
         if scaler is not None:
             scaler.unscale_(getattr(opt, "optimizer", opt))
-        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         if clip:
             norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+        else:  # the same norm, without clipping (inf max_norm leaves the gradients untouched)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
         if not math.isfinite(norm):
             if scaler is not None:  # an fp16 overflow: the scaler skips the update and lowers its scale
                 opt.step()
