@@ -342,8 +342,9 @@ class Engine:
             scaler.unscale_(getattr(opt, "optimizer", opt))
         if clip:
             norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        else:  # the same norm, without clipping (inf max_norm leaves the gradients untouched)
-            norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+        else:
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         if not math.isfinite(norm):
             if scaler is not None:  # an fp16 overflow: the scaler skips the update and lowers its scale
                 opt.step()

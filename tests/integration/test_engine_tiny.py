@@ -370,3 +370,14 @@ def test_a_resolution_the_unet_cannot_divide_is_a_recipe_error(tiny_sd15_path, t
     r = recipe(tiny_sd15_path, tmp_path / "res", data={"prompts": ["a"], "resolution": 36, "batch_size": 1})
     with pytest.raises(RecipeError, match=r"data.resolution: 36 is not a multiple of 16"):
         Engine.from_recipe(r).setup()
+
+
+def test_grad_clip_zero_disables_clipping_and_logs_the_true_norm(tiny_sd15_path, tmp_path):
+    def norm_after_one_step(clip, out):
+        r = recipe(tiny_sd15_path, out, student={"timesteps": [999], "input": "noise",
+                                                 "optim": {"lr": 1e-3, "grad_clip": clip}})
+        return Engine.from_recipe(r).step()["grad_norm/student"]
+
+    unclipped = norm_after_one_step(0.0, tmp_path / "a")
+    clipped = norm_after_one_step(1e-6, tmp_path / "b")  # clip_grad_norm_ reports the pre-clip norm
+    assert unclipped > 0 and unclipped == pytest.approx(clipped, rel=1e-6)
