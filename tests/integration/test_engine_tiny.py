@@ -375,7 +375,8 @@ def test_a_resolution_the_unet_cannot_divide_is_a_recipe_error(tiny_sd15_path, t
 def test_grad_clip_zero_disables_clipping_and_logs_the_true_norm(tiny_sd15_path, tmp_path):
     def norm_after_one_step(clip, out):
         r = recipe(tiny_sd15_path, out, student={"timesteps": [999], "input": "noise",
-                                                 "optim": {"lr": 1e-3, "grad_clip": clip}})
+                                                 "optim": {"lr": 1e-3, "grad_clip": clip}},
+                   sample={"prompts": ["a"]})
         return Engine.from_recipe(r).step()["grad_norm/student"]
 
     unclipped = norm_after_one_step(0.0, tmp_path / "a")
