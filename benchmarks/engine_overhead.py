@@ -138,9 +138,10 @@ class HandRegression:
 class HandADD:
     """ADD written out with the plugin's functional code and the engine's discriminator.
 
-    The engine shares one student sample between its two phases and gives each phase its own memo, so
-    the discriminator's conditioning (an image-encoder pass on the real images) and the decoded student
-    pixels are computed once per phase: this step does the same. The heads are frozen for the generator
+    The engine shares one student sample between its two phases. The discriminator's conditioning
+    depends on the batch alone and is computed once per step (``ctx.cached(..., across_phases=True)``);
+    the decoded student pixels once per phase (detached for the critic, with the graph for the
+    generator): this step does the same. The heads are frozen for the generator
     phase, the one ``requires_grad`` change correctness needs (otherwise their weight gradients would be
     computed and leak into the next critic update).
     """
@@ -205,8 +206,6 @@ class HandADD:
         # generator phase: −Σ D_k on the decoded student sample + λ·distillation to the re-noised teacher
         for p in self.heads:
             p.requires_grad_(False)
-        with torch.no_grad():
-            c = disc.condition(prompts, cond, real)
         pixels = bb.decode(x0)
         g_adv = Fn.hinge_g_loss(disc(disc.features(pixels, g), c), reduction)
         t2 = sched.sample_timesteps(n, dcfg.t_min, dcfg.t_max, generator=g)

@@ -277,6 +277,7 @@ class Engine:
 
     def _context(self, phase: Phase, batch: dict, sample: tuple, critic=None, purpose: str = "",
                  memo: dict | None = None) -> StepContext:
+        """A loss's view of one phase on one micro-batch; ``batch["memo"]`` outlives the phase."""
         x0, t, x_in = sample
         if phase is Phase.CRITIC:
             x0, x_in = x0.detach(), x_in.detach()
@@ -285,7 +286,8 @@ class Engine:
             student=self.student, prompts=batch["prompts"], cond=batch["cond"], uncond=batch["uncond"],
             resolution=self.recipe.data.resolution, student_x0=x0, student_t=t, student_input=x_in,
             real_x0=batch.get("real_x0"), real_pixels=batch.get("pixels"), critic=critic,
-            generator=self._generator(phase.value, purpose), memo={} if memo is None else memo)
+            generator=self._generator(phase.value, purpose), memo={} if memo is None else memo,
+            batch_memo=batch.setdefault("memo", {}))
 
     def label(self, rl) -> str:
         """A loss entry's name in metrics and seeds: its qualified name, ``name[i]`` if it appears twice."""

@@ -74,7 +74,8 @@ class StepContext:
     real_pixels: Optional[torch.Tensor] = None  # the same images in [-1, 1]
     critic: Optional["Critic"] = None  # the critic bound to this loss (if it declared one)
     generator: Optional[torch.Generator] = None
-    memo: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # this phase's losses share it
+    batch_memo: dict = field(default_factory=dict)  # both phases of this step share it (this micro-batch)
 
     # -- seeded randomness --------------------------------------------------------------------
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,11 +88,16 @@ class StepContext:
         return self.backbone.schedule.sample_timesteps(n, low, high, generator=self.generator)
 
     # -- shared work, computed once per phase ---------------------------------------------------
-    def cached(self, key, fn):
-        """Memoise ``fn()`` under ``key`` for this phase (e.g. decoded pixels shared by two losses)."""
-        if key not in self.memo:
-            self.memo[key] = fn()
-        return self.memo[key]
+    def cached(self, key, fn, across_phases: bool = False):
+        """Memoise ``fn()`` under ``key`` for this phase (e.g. decoded pixels shared by two losses).
+
+        ``across_phases=True`` shares the value with the other phase of the same step: only for values
+        that depend on the batch alone (frozen encoders of the prompts or the real images), never on the
+        student, whose output keeps a graph in one phase and is updated between phases."""
+        memo = self.batch_memo if across_phases else self.memo
+        if key not in memo:
+            memo[key] = fn()
+        return memo[key]
 
     def student_pixels(self) -> torch.Tensor:
         """The student's x0 decoded to pixels in [-1, 1] (differentiable in the generator phase)."""

@@ -72,3 +72,17 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_latest(tmp_path):
         writer.write(step, lambda d: None)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir()), "a crashed write's temp dir is left"
+
+
+def test_step_context_cache_scopes():
+    from distillkit.losses.base import Phase, StepContext
+
+    shared: dict = {}
+    ctxs = [StepContext(phase=phase, step=0, backbone=None, teacher=None, student=None, prompts=[], cond=None,
+                        uncond=None, resolution=8, student_x0=torch.zeros(1), student_t=torch.zeros(1),
+                        student_input=torch.zeros(1), batch_memo=shared) for phase in (Phase.CRITIC, Phase.GENERATOR)]
+    calls = []
+    for ctx in ctxs:
+        ctx.cached("per-phase", lambda: calls.append("p") or len(calls))
+        ctx.cached("per-step", lambda: calls.append("s") or len(calls), across_phases=True)
+    assert calls == ["p", "s", "p"]  # the per-step value was computed once for both phases

@@ -56,12 +56,13 @@ class Adversarial(Loss):
         """[c_text, c_img] of this batch; c_img is of the real image behind each student input (§3.2).
 
         Memoised per discriminator: two discriminators in one recipe (e.g. different feature networks
-        or conditioning) each have their own encoders, so they must not share one vector.
+        or conditioning) each have their own encoders, so they must not share one vector. It depends on
+        the batch alone (frozen encoders), so the critic and generator phases of a step compute it once.
         """
         def compute():
             real = self._real(ctx) if disc.image_encoder is not None else None
             return disc.condition(ctx.prompts, ctx.cond, real)
-        return ctx.cached(("add.discriminator.condition", id(disc)), compute)
+        return ctx.cached(("add.discriminator.condition", id(disc)), compute, across_phases=True)
 
     def generator_loss(self, ctx: StepContext) -> LossOutput:
         disc = self._critic(ctx)
