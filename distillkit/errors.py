@@ -32,6 +32,12 @@ class PluginError(DistillkitError):
     exit_code = 2
 
 
+class UsageError(DistillkitError):
+    """A command-line argument that can only be checked once something is loaded (exit 2, as argparse)."""
+
+    exit_code = 2
+
+
 class ModelLoadError(DistillkitError):
     """A model, tokenizer or weight file could not be loaded (missing file, broken offline tokenizer...)."""
 

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillkit.errors import DistillkitError
-
-
-class StepsError(DistillkitError):
-    """``--steps`` outside 1..N for a student of N timesteps: a usage error (exit code 2, as argparse's),
-    found only once the student is loaded, so it cannot be an argparse check."""
-
-    exit_code = 2
+from distillkit.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -45,8 +38,8 @@ def sample(args) -> int:
     n = len(student.timesteps)
     steps = args.steps or [n]
     bad = [k for k in steps if not 1 <= k <= n]
-    if bad:  # the sampler reads 0 as "all" and raises a bare ValueError (a traceback) above N
-        raise StepsError(f"--steps {', '.join(map(str, bad))}: this student has {n} timestep(s) "
+    if bad:  # known only once the student is loaded, so not an argparse check
+        raise UsageError(f"--steps {', '.join(map(str, bad))}: this student has {n} timestep(s) "
                          f"{list(student.timesteps)}; give --steps between 1 and {n}")
     images = torch.cat([sample_images(backbone, student, args.prompt, k, args.seed, resolution, args.device)
                         for k in steps])

@@ -133,7 +133,7 @@ class Student(torch.nn.Module):
     def sample(self, noise: torch.Tensor, cond: Conditioning, steps: int | None = None,
                generator: torch.Generator | None = None, unet=None) -> torch.Tensor:
         """Few-step generation in ``steps`` (default: all the student's timesteps); returns x0."""
-        ts = subset_timesteps(self.timesteps, steps or len(self.timesteps))
+        ts = subset_timesteps(self.timesteps, len(self.timesteps) if steps is None else steps)
         return self.run_steps(noise, cond, ts, generator, unet=unet)[0]
 
     def training_sample(self, mode: str, cond: Conditioning, shape: Sequence[int], generator: torch.Generator,

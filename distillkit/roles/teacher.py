@@ -38,5 +38,4 @@ class Teacher:
     @torch.no_grad()
     def target(self, x_t, t, cond, uncond=None, scale=None) -> Prediction:
         """Same as :meth:`predict` but a constant: the stop-gradient target of ADD/SDS-style losses."""
-        pred = self.predict(x_t.detach(), t, cond, uncond, scale)
-        return pred
+        return self.predict(x_t.detach(), t, cond, uncond, scale)
