@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import pydantic
@@ -125,14 +126,23 @@ class Loss:
     Class attributes:
         name: short name, unique within the plugin (recipe name is ``<plugin>.<name>``).
         Config: pydantic model of the loss's ``params`` table (``extra="forbid"`` recommended).
-        critic: qualified name of the critic type this loss needs (``"add.discriminator"``) or None.
+        critic: qualified type of the one critic this loss uses (``"add.discriminator"``), or None.
+            Shorthand for ``critics = {"critic": ...}``; in the loss, ``ctx.critic`` is that critic.
+        critics: role name -> qualified critic type, for a loss that uses several critics (DMD2's GAN term
+            reads the ``fake_score`` network's features and trains a ``gan_head``); ``ctx.critics[role]``.
         needs_real_data: True if the loss reads ``ctx.real_x0`` (the recipe must then provide images).
+        differentiates_through: frozen networks the *generator* loss back-propagates through the inputs of,
+            by name: ``"teacher"``, ``"vae"`` or a critic role. The contract suite checks the claim both
+            ways: a network called with a differentiable input that is not listed is a missing
+            stop-gradient; a listed one never called so is a ``no_grad`` shortcut (SiD needs the path).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[pydantic.BaseModel]] = EmptyConfig
     critic: ClassVar[Optional[str]] = None
+    critics: ClassVar[Mapping[str, str]] = {}
     needs_real_data: ClassVar[bool] = False
+    differentiates_through: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: pydantic.BaseModel | None = None):
         self.config = config if config is not None else self.Config()
@@ -142,8 +152,21 @@ class Loss:
         return None
 
     def critic_loss(self, ctx: StepContext) -> Optional[LossOutput]:
-        """Loss for the bound critic (critic phase). Return None if this loss has no critic term."""
+        """Loss for the bound critics (critic phase). Return None if this loss has no critic term."""
         return None
+
+    def gradient_paths(self) -> frozenset[str]:
+        """The frozen networks this configured loss differentiates through (see ``differentiates_through``).
+
+        Override when it depends on ``params`` (a pixel-space loss back-propagates through the VAE)."""
+        return frozenset(self.differentiates_through)
+
+    @classmethod
+    def critic_roles(cls) -> dict[str, str]:
+        """Role name -> qualified critic type, merging the ``critic`` shorthand into ``critics``."""
+        if cls.critic and cls.critics:
+            raise TypeError(f"{cls.__qualname__} sets both `critic` and `critics`; use `critics` alone")
+        return {"critic": cls.critic} if cls.critic else dict(cls.critics)
 
     @classmethod
     def has_generator_term(cls) -> bool:

@@ -9,12 +9,25 @@ DiT) register through the ``register_backbones`` hook like any plugin.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import torch
 
 from distillkit.diffusion import NoiseSchedule, Prediction
 from distillkit.models.conditioning import Conditioning
+
+
+@dataclass
+class UNetFeatures:
+    """Encoder features of one denoiser pass (what diffusion-GAN discriminators read).
+
+    ``down[i]`` is the output of the i-th encoder (down) block, finest first; ``mid`` is the bottleneck,
+    the deepest and smallest map (DMD2's classifier input; SiDA takes its channel mean as logits).
+    """
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
 
 
 class Backbone:
@@ -79,9 +92,25 @@ class Backbone:
         """Diffusion space → pixels in [-1, 1]. Differentiable: ADD back-propagates through it."""
         raise NotImplementedError
 
+    #: whether :meth:`features` is implemented (``validate`` refuses GAN losses on families without it)
+    supports_features: ClassVar[bool] = False
+
+    @property
+    def base_unet(self) -> torch.nn.Module:
+        """The frozen UNet that LoRA roles attach their adapters to: the teacher's, unless the teacher is
+        not a network with weights (a family whose teacher is computed in closed form overrides this)."""
+        return self.teacher_unet
+
     # -- the denoiser call ----------------------------------------------------------------------
     def denoise(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> Prediction:
+        """One denoiser call. ``unet`` is a module or a :class:`~distillkit.models.adapters.UNetRef`."""
         raise NotImplementedError
+
+    def features(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+                 cond: Conditioning) -> UNetFeatures:
+        """Encoder features of one pass of ``unet`` (it may stop after the bottleneck); differentiable."""
+        raise NotImplementedError(f"model family {self.family!r} provides no encoder features, so diffusion-GAN "
+                                  f"losses cannot run on it")
 
     def to(self, device) -> "Backbone":
         raise NotImplementedError

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from distillkit.diffusion import NoiseSchedule, Prediction
-from distillkit.models.backbone import Backbone
+from distillkit.models.backbone import Backbone, UNetFeatures
 from distillkit.models.conditioning import Conditioning
 from distillkit.models.loading import (check_source, load_component, load_scheduler, load_tokenizer,
                                        resolve_dtype)
@@ -51,6 +51,43 @@ def merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
     merged.fuse_lora()
     merged.unload_lora()  # swaps each peft layer for its (now merged) base layer
     return merged
+
+
+class _StopAfterBottleneck(Exception):
+    """Raised from the mid block's forward hook: the decoder's output is not needed."""
+
+
+def encoder_features(unet, run, dtype: torch.dtype) -> UNetFeatures:
+    """Run ``run()`` (a forward pass of a diffusers ``UNet2DConditionModel``, or a ref to one) and collect
+    the outputs of its down blocks and mid block, stopping the pass after the mid block.
+
+    Forward hooks rather than a re-implementation of the UNet's forward: time embeddings, SDXL's added
+    conditions and peft adapters all keep working exactly as in a full call.
+    """
+    from distillkit.models.adapters import unwrap
+
+    module = unwrap(unet)
+    down: list[torch.Tensor] = []
+    mid: list[torch.Tensor] = []
+
+    def keep_down(_m, _inputs, output):
+        down.append((output[0] if isinstance(output, tuple) else output).to(dtype))
+
+    def keep_mid_and_stop(_m, _inputs, output):
+        mid.append(output.to(dtype))
+        raise _StopAfterBottleneck
+
+    hooks = [block.register_forward_hook(keep_down) for block in module.down_blocks]
+    if module.mid_block is not None:
+        hooks.append(module.mid_block.register_forward_hook(keep_mid_and_stop))
+    try:
+        run()
+    except _StopAfterBottleneck:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return UNetFeatures(down=down, mid=mid[0] if mid else down[-1])
 
 
 def as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
@@ -225,9 +262,8 @@ class SD15Backbone(Backbone):
         """Extra UNet keyword arguments beyond ``encoder_hidden_states`` (none for SD1.5)."""
         return {}
 
-    def denoise(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> Prediction:
-        """One UNet call at the UNet's own dtype; the output comes back in ``x_t``'s dtype, tagged with
-        this model's parameterisation and the schedule's (α_t, σ_t)."""
+    def _unet_call(self, unet, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw UNet output, per-sample t): the call shared by :meth:`denoise` and :meth:`features`."""
         dtype = module_dtype(unet)
         t = torch.as_tensor(t, device=x_t.device).reshape(-1)
         if t.numel() == 1:
@@ -235,8 +271,24 @@ class SD15Backbone(Backbone):
         cond = cond.to(device=x_t.device)
         output = unet(x_t.to(dtype), t, encoder_hidden_states=cond.embeds.to(dtype),
                       **self._added_conditions(cond, dtype), return_dict=False)[0]
+        return output, t
+
+    def denoise(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> Prediction:
+        """One UNet call at the UNet's own dtype; the output comes back in ``x_t``'s dtype, tagged with
+        this model's parameterisation and the schedule's (α_t, σ_t)."""
+        output, t = self._unet_call(unet, x_t, t, cond)
         alpha, sigma = self.schedule.coefficients(t, x_t)
         return Prediction(output.to(x_t.dtype), self.prediction_type, x_t, alpha, sigma)
+
+    supports_features = True
+
+    def features(self, unet, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> UNetFeatures:
+        """Each down block's output and the mid block's (the bottleneck), in ``x_t``'s dtype.
+
+        The pass stops right after the mid block: the decoder half never runs, which is about half of
+        the UNet's cost. Gradients flow through ``x_t`` (and any trainable adapter) as in ``denoise``.
+        """
+        return encoder_features(unet, lambda: self._unet_call(unet, x_t, t, cond), x_t.dtype)
 
     # -- devices ----------------------------------------------------------------------------------
     def frozen_modules(self) -> dict[str, torch.nn.Module]:

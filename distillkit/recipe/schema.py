@@ -129,6 +129,9 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     generator_every: int = Field(1, ge=1, description="update the student every N-th step (DMD2: 5 or 10)")
     critic_first: bool = True
+    generator_sample: Literal["shared", "fresh"] = Field(
+        "shared", description="'shared': the generator phase reuses the critic phase's student sample; 'fresh': "
+                              "it draws a new one (SiD's code)")
     device: Optional[str] = Field(None, description="force a device (e.g. 'cpu'); default: accelerate's choice")
 
 
@@ -171,14 +174,28 @@ class WeightSchedule(Section):
 
 class LossEntry(Section):
     name: str = Field(..., description="qualified loss name, e.g. add.adversarial")
-    weight: Union[float, WeightSchedule] = 1.0
-    critic: Optional[str] = Field(None, description="critic instance id; default: the only critic of the right type")
+    weight: Union[float, WeightSchedule] = Field(1.0, description="weight of the loss in the generator phase")
+    critic_weight: Union[float, WeightSchedule] = Field(
+        1.0, description="weight of the loss's critic term in the critic phase")
+    critic: Optional[str] = Field(None, description="critic instance id for a loss with a single critic role; "
+                                                    "default: the only critic of the right type")
+    critics: dict[str, str] = Field({}, description="critic role -> critic instance id, for a loss with several "
+                                                    "critic roles; each default: the only critic of that role's type")
     enabled: bool = Field(True, description="false drops the entry (a one-key loss ablation); its name and params "
                                             "are still checked")
     params: dict[str, Any] = {}
 
     def weight_at(self, step: int) -> float:
-        return self.weight if isinstance(self.weight, (int, float)) else self.weight.at(step)
+        """Generator-phase weight at ``step``."""
+        return _weight_at(self.weight, step)
+
+    def critic_weight_at(self, step: int) -> float:
+        """Critic-phase weight at ``step``."""
+        return _weight_at(self.critic_weight, step)
+
+
+def _weight_at(weight: "float | WeightSchedule", step: int) -> float:
+    return float(weight) if isinstance(weight, (int, float)) else weight.at(step)
 
 
 class SampleConfig(Section):
