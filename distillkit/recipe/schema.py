@@ -30,6 +30,12 @@ class RunConfig(Section):
     resume: Union[Literal["auto", "never"], str] = "auto"
     max_nonfinite_steps: int = Field(5, ge=1, description="abort after this many consecutive non-finite steps")
     progress: bool = True
+    # Budgets that compare across methods updating at different rates (DMD2 updates the student one step in
+    # five): the run also stops when any of these is reached (0 = no limit), whichever comes first.
+    max_time: float = Field(0, ge=0, description="stop after this much training wall time in seconds (0: no limit)")
+    max_student_updates: int = Field(0, ge=0, description="stop after this many student updates (0: no limit)")
+    max_images: int = Field(0, ge=0, description="stop after this many training examples seen, all processes "
+                                                 "together (0: no limit)")
 
 
 class ModelConfig(Section):
