@@ -2,19 +2,22 @@
 
 ``load_student`` accepts the three things a run leaves behind — the exported ``final/`` folder (full
 pipeline or LoRA), a checkpoint directory, or the run directory itself — so ``distillkit sample`` and
-library users need not know which one they hold.
+library users need not know which one they hold. Sampling needs the model family and nothing of the
+training plugins: a checkpoint's recipe is read for its model and student sections only, so the student
+of an ADD run samples even where the ADD plugin is not installed.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from distillkit.checkpoint import MARKER, latest_checkpoint, student_weights
 from distillkit.errors import DistillkitError
+from distillkit.export import META, ExportMeta
 from distillkit.models.loading import resolve_dtype
-from distillkit.roles.student import Student
+from distillkit.roles.student import ADAPTER, Student
 
 
 @torch.no_grad()
@@ -25,68 +28,80 @@ def sample_images(backbone, student: Student, prompts: list[str], steps: int, se
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(backbone.sample_shape(len(prompts), resolution), generator=g).to(device)
     cond = backbone.encode_prompts(prompts, resolution)
-    was_training = student.unet.training
-    student.unet.eval()
+    module = student.unet.module
+    was_training = module.training
+    module.eval()
     try:
         x0 = student.sample(noise, cond, steps, generator=g)
     finally:
-        student.unet.train(was_training)
+        module.train(was_training)
     return ((backbone.decode(x0).float() + 1) / 2).clamp(0, 1)
 
 
-def _registry():
-    from distillkit.registry import Registry
+def _backbone_cls(family: str, registry):
+    if registry is None:
+        from distillkit.registry import Registry
 
-    return Registry.discover()
+        registry = Registry.discover()
+    return registry.backbone(family)
 
 
 def _from_final(path: Path, device, registry) -> tuple:
-    meta = json.loads((path / "distillkit.json").read_text())
-    cls = registry.backbone(meta["family"])
-    if meta.get("lora"):
-        backbone = cls.from_pretrained(meta["base"], device=device)
-        backbone.teacher_unet.load_lora_adapter(str(path), prefix="unet")
+    meta = ExportMeta.read(path)
+    cls = _backbone_cls(meta.family, registry)
+    kwargs = dict(zero_terminal_snr=True, first_input=meta.first_input, renoise=meta.renoise)
+    if meta.lora:
+        if not meta.base:
+            raise DistillkitError(f"{path / META} names no base model for its LoRA; re-export it from its run")
+        backbone = cls.from_pretrained(meta.base, device=device)
+        backbone.base_unet.load_lora_adapter(str(path), prefix="unet", adapter_name=ADAPTER)
+        from distillkit.models.adapters import UNetRef
+
+        student = Student(backbone, UNetRef(backbone.base_unet, ADAPTER), meta.timesteps, **kwargs)
     else:
         backbone = cls.from_pretrained(str(path), device=device)
-    student = Student(backbone, backbone.teacher_unet, meta["timesteps"],
-                      first_input=meta.get("first_input", "noise"), renoise=meta.get("renoise", "fresh"))
-    return backbone, student, int(meta.get("resolution", 512))
+        student = Student(backbone, backbone.teacher_unet, meta.timesteps, **kwargs)
+    return backbone, student, int(meta.resolution)
 
 
 def _from_checkpoint(path: Path, device, registry, use_ema: bool) -> tuple:
-    from safetensors.torch import load_file
+    import pydantic
 
-    from distillkit.engine.engine import _load_params
-    from distillkit.recipe.load import load_recipe
+    from distillkit.recipe import read_toml
+    from distillkit.recipe.schema import ModelConfig, StudentConfig
 
-    run_dir = path.parent.parent
-    resolved = load_recipe(run_dir / "recipe.toml", registry=registry)
-    r = resolved.recipe
-    backbone = resolved.backbone_cls.from_pretrained(r.model.pretrained, dtype=resolve_dtype(r.model.dtype),
-                                                     device=device)
-    student = Student.from_teacher(backbone, backbone.teacher_unet, r.student.timesteps, init="teacher",
-                                   lora=r.student.lora.model_dump() if r.student.lora else None,
-                                   first_input=r.student.first_input, renoise=r.student.renoise)
-    weights = path / ("ema.safetensors" if use_ema and (path / "ema.safetensors").exists() else "student.safetensors")
-    _load_params(student.unet, load_file(str(weights)), "student")
-    return backbone, student, r.data.resolution
+    recipe_file = path.parent.parent / "recipe.toml"
+    if not recipe_file.exists():
+        raise DistillkitError(f"{path} is a checkpoint, but its run folder has no recipe.toml to rebuild the "
+                              f"student from")
+    data = read_toml(recipe_file)
+    try:  # the model and student sections only: no plugin, no check of the machine the run was trained on
+        model = ModelConfig.model_validate(data.get("model", {}))
+        s = StudentConfig.model_validate(data.get("student", {}))
+        resolution = int(data.get("data", {}).get("resolution", 512))
+    except (pydantic.ValidationError, TypeError, ValueError) as exc:
+        raise DistillkitError(f"{recipe_file} cannot describe the student of this checkpoint: {exc}") from None
+    backbone = _backbone_cls(model.family, registry).from_pretrained(
+        model.pretrained, dtype=resolve_dtype(model.dtype), revision=model.revision, variant=model.variant,
+        device=device)
+    student = Student.build(backbone, s.timesteps, init="teacher", lora=s.lora.model_dump() if s.lora else None,
+                            zero_terminal_snr=s.zero_terminal_snr, first_input=s.first_input, renoise=s.renoise)
+    student.load_state_dict(student_weights(path, use_ema))
+    return backbone, student, resolution
 
 
 def load_student(path: str | Path, device="cpu", use_ema: bool = True, registry=None) -> tuple:
     """(backbone, student, resolution) from a final folder, a checkpoint dir or a run dir."""
-    from distillkit.engine.checkpoint import latest_checkpoint
-
     path = Path(path)
-    registry = registry or _registry()
-    if (path / "distillkit.json").exists():
+    if (path / META).exists():
         return _from_final(path, device, registry)
-    if (path / "COMPLETE").exists():
+    if (path / MARKER).exists():
         return _from_checkpoint(path, device, registry, use_ema)
     if (path / "recipe.toml").exists():
-        if (path / "final" / "distillkit.json").exists():
+        if (path / "final" / META).exists():
             return _from_final(path / "final", device, registry)
         ckpt = latest_checkpoint(path / "checkpoints")
         if ckpt is not None:
             return _from_checkpoint(ckpt, device, registry, use_ema)
-    raise DistillkitError(f"{path} is not a distillkit run, checkpoint or exported student (expected "
-                          f"distillkit.json, a COMPLETE checkpoint marker, or recipe.toml with checkpoints/)")
+    raise DistillkitError(f"{path} is not a distillkit run, checkpoint or exported student (expected {META}, a "
+                          f"{MARKER} checkpoint marker, or recipe.toml with checkpoints/)")

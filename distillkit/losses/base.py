@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import pydantic
 import torch
+
+from distillkit.config_base import EmptyConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from distillkit.models.backbone import Backbone
@@ -37,10 +39,6 @@ class Phase(str, enum.Enum):
     CRITIC = "critic"
 
 
-class EmptyConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-
 @dataclass
 class LossOutput:
     """A scalar to minimise plus named terms to log (detached floats or 0-d tensors)."""
@@ -49,34 +47,68 @@ class LossOutput:
     terms: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
 class StepContext:
     """Everything a loss may read in one phase of one step.
 
-    ``student_x0`` carries the student graph in the generator phase and is detached in the critic
-    phase. Random draws go through :meth:`randn_like` / :meth:`sample_timesteps`, which use a
-    generator seeded from (run seed, step, rank, phase): a resumed run draws exactly what an
-    uninterrupted run would have.
+    The student's sample (``student_x0``, ``student_t``, ``student_input``) carries the student graph in
+    the generator phase and is detached in the critic phase. The engine passes it lazily: a loss that
+    never reads it (a denoising loss that runs the student itself) costs no student pass. Critics are in
+    ``critics`` by role (``ctx.critic`` when the loss has one); ``updating`` names the roles whose
+    critics train in this critic update. Random draws go through :meth:`randn_like` /
+    :meth:`sample_timesteps`, which use a generator seeded from (run seed, step, rank, phase, purpose):
+    a resumed run draws exactly what an uninterrupted run would have.
     """
 
-    phase: Phase
-    step: int
-    backbone: "Backbone"
-    teacher: "Teacher"
-    student: "Student"
-    prompts: list[str]
-    cond: "Conditioning"
-    uncond: "Conditioning"
-    resolution: int
-    student_x0: torch.Tensor
-    student_t: torch.Tensor  # (B,) timestep each sample was generated at
-    student_input: torch.Tensor  # the noisy input the student saw
-    real_x0: Optional[torch.Tensor] = None  # real data in diffusion space (latents), if the recipe has images
-    real_pixels: Optional[torch.Tensor] = None  # the same images in [-1, 1]
-    critic: Optional["Critic"] = None  # the critic bound to this loss (if it declared one)
-    generator: Optional[torch.Generator] = None
-    memo: dict = field(default_factory=dict)  # this phase's losses share it
-    batch_memo: dict = field(default_factory=dict)  # both phases of this step share it (this micro-batch)
+    def __init__(self, *, phase: Phase, step: int, backbone: "Backbone", teacher: "Teacher", student: "Student",
+                 prompts: list[str], cond: "Conditioning", uncond: "Conditioning", resolution: int,
+                 student_x0: Optional[torch.Tensor] = None, student_t: Optional[torch.Tensor] = None,
+                 student_input: Optional[torch.Tensor] = None, sample: Optional[Callable[[], Any]] = None,
+                 real_x0: Optional[torch.Tensor] = None, real_pixels: Optional[torch.Tensor] = None,
+                 critic: Optional["Critic"] = None, critics: Optional[Mapping[str, "Critic"]] = None,
+                 updating: frozenset[str] = frozenset(), generator: Optional[torch.Generator] = None,
+                 memo: Optional[dict] = None, batch_memo: Optional[dict] = None):
+        self.phase, self.step, self.backbone, self.teacher, self.student = phase, step, backbone, teacher, student
+        self.prompts, self.cond, self.uncond, self.resolution = prompts, cond, uncond, resolution
+        if sample is None and student_x0 is None:
+            raise TypeError("StepContext needs the student's sample: student_x0/student_t/student_input or sample=")
+        self._sample_fn = sample
+        self._sample = None if sample is not None else (student_x0, student_t, student_input)
+        self.real_x0, self.real_pixels = real_x0, real_pixels  # real data (latents) and the same images in [-1, 1]
+        if critic is not None and critics:
+            raise TypeError("give critic= (one critic) or critics= (by role), not both")
+        self.critics: dict[str, "Critic"] = dict(critics) if critics else ({"critic": critic} if critic else {})
+        self.updating = frozenset(updating)
+        self.generator = generator
+        self.memo = {} if memo is None else memo  # this phase's losses share it
+        self.batch_memo = {} if batch_memo is None else batch_memo  # both phases of this step share it
+
+    # -- the student's sample (made on first use) -----------------------------------------------
+    def _student(self) -> tuple:
+        if self._sample is None:
+            s = self._sample_fn()
+            self._sample = (s.x0, s.t, s.input)
+        return self._sample
+
+    @property
+    def student_x0(self) -> torch.Tensor:
+        return self._student()[0]
+
+    @property
+    def student_t(self) -> torch.Tensor:
+        """(B,) timestep each sample was generated at."""
+        return self._student()[1]
+
+    @property
+    def student_input(self) -> torch.Tensor:
+        """The noisy input the student saw."""
+        return self._student()[2]
+
+    @property
+    def critic(self) -> Optional["Critic"]:
+        """The loss's critic when it has exactly one role (``critic = ...``); ``critics[role]`` otherwise."""
+        if len(self.critics) > 1:
+            raise AttributeError(f"this loss has several critics ({sorted(self.critics)}): use ctx.critics[role]")
+        return next(iter(self.critics.values()), None)
 
     # -- seeded randomness --------------------------------------------------------------------
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,11 +145,11 @@ class StepContext:
 
     @property
     def batch_size(self) -> int:
-        return self.student_x0.shape[0]
+        return len(self.prompts)
 
     @property
     def device(self) -> torch.device:
-        return self.student_x0.device
+        return self.cond.embeds.device
 
 
 class Loss:

@@ -162,5 +162,26 @@ class UNetRef:
         return f"UNetRef({type(self.module).__name__}, adapter={self.adapter!r})"
 
 
+def standalone_unet(unet: "UNetRef | torch.nn.Module") -> torch.nn.Module:
+    """A plain module computing what ``unet`` computes: the module itself when it has no adapter active,
+    else a copy with that adapter folded into the weights and every adapter removed.
+
+    Exported pipelines must load with a plain ``from_pretrained`` that knows nothing of peft layers, and a
+    shared base may carry other roles' adapters (a fake score) that must not leak into the export.
+    """
+    import copy
+
+    if not isinstance(unet, UNetRef):
+        unet = UNetRef(unet)
+    if not adapter_names(unet.module):
+        return unet.module
+    merged = copy.deepcopy(unet.module)
+    if unet.adapter is not None:
+        merged.fuse_lora(adapter_names=[unet.adapter])
+    merged.unload_lora()  # swaps each peft layer for its base layer (now holding the fused weights)
+    merged.requires_grad_(False)
+    return merged
+
+
 def unwrap(unet: "UNetRef | torch.nn.Module") -> torch.nn.Module:
     return unet.module if isinstance(unet, UNetRef) else unet

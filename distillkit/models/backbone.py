@@ -38,6 +38,8 @@ class Backbone:
     spatial_factor: ClassVar[int] = 8
 
     schedule: NoiseSchedule
+    #: the diffusers scheduler the source ships: its config (betas, prediction type) is what exports build on
+    scheduler: object
     prediction_type: str
     teacher_unet: torch.nn.Module
     device: torch.device
@@ -50,21 +52,25 @@ class Backbone:
         """Load from a hub id or a local diffusers folder through ``from_pretrained``."""
         raise NotImplementedError
 
+    @classmethod
+    def recipe_problems(cls, recipe) -> list:
+        """Problems this family finds in a recipe without loading a model (``distillkit validate`` runs it):
+        say, a ``data.resolution`` its VAE and UNet cannot halve down to the bottleneck. Items are
+        :class:`distillkit.recipe.Problem` objects or ``(field path, message)`` pairs. Default: none."""
+        return []
+
     def save_pipeline(self, unet: torch.nn.Module, path: str, scheduler=None) -> None:
         """Write a folder that the family's diffusers pipeline class loads with ``from_pretrained``
-        (``scheduler`` replaces the teacher's, e.g. with :meth:`few_step_scheduler`)."""
+        (``scheduler`` replaces the teacher's; see :mod:`distillkit.schedulers`). ``unet`` is a module or a
+        role's :class:`~distillkit.models.adapters.UNetRef` (an active adapter is folded into a copy)."""
         raise NotImplementedError
-
-    def few_step_scheduler(self):
-        """The diffusers scheduler an exported few-step student should be sampled with."""
-        return None
 
     def load_unet(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         """A fresh trainable copy of the teacher UNet in ``dtype`` (the student's starting point)."""
         raise NotImplementedError
 
-    def save_lora(self, unet: torch.nn.Module, path: str) -> None:
-        """Write the LoRA adapter of a peft-wrapped ``unet`` so that ``pipe.load_lora_weights`` accepts it."""
+    def save_lora(self, unet, path: str) -> None:
+        """Write the LoRA adapter of a role's ref (``UNetRef(unet, name)``) so ``pipe.load_lora_weights`` accepts it."""
         raise NotImplementedError
 
     # -- conditioning -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def recipe(model_path, out, family="sd15", **over):
 
 
 def student_weights(engine):
-    return {n: p.detach().clone() for n, p in engine.student.unet.named_parameters()}
+    return {n: p.clone() for n, p in engine.student.state_dict().items()}
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
@@ -48,7 +48,7 @@ def test_tiny_run_writes_run_dir_and_exports_a_pipeline(family, tiny_sd15_path, 
     assert engine.fit() == "completed"
     after = student_weights(engine)
     assert any(not torch.equal(before[n], after[n]) for n in before), "student did not train"
-    for n, p in engine.teacher.unet.named_parameters():  # the teacher is the untouched original
+    for n, p in engine.teacher.unet.module.named_parameters():  # the teacher is the untouched original
         assert torch.equal(p, before[n])
 
     out = tmp_path / "run"
@@ -125,13 +125,17 @@ def test_lora_student_trains_adapters_only_and_exports_loadable_lora(tiny_sd15_p
                                                           "lora": {"rank": 4}, "optim": {"lr": 1e-2}},
                sample={"prompts": ["a"], "steps": [1]})
     engine = Engine.from_recipe(r).setup()
-    names = {n for n, p in engine.student.unet.named_parameters() if p.requires_grad}
-    assert names and all("lora" in n for n in names)
-    base = {n: p.detach().clone() for n, p in engine.student.unet.named_parameters() if "lora" not in n}
+    names = set(engine.student.named_parameters())
+    assert names and all(".lora_A.student." in n or ".lora_B.student." in n for n in names)
+    unet = engine.student.unet.module
+    assert unet is engine.teacher.unet.module, "a LoRA student adapts the teacher's own UNet (no copy)"
+    base = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora" not in n}
+    lora0 = student_weights(engine)
     engine.fit()
-    for n, p in engine.student.unet.named_parameters():
+    for n, p in unet.named_parameters():
         if "lora" not in n:
             assert torch.equal(p, base[n])
+    assert any(not torch.equal(lora0[n], p) for n, p in engine.student.state_dict().items())
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_path)
@@ -212,16 +216,16 @@ def test_phases_update_only_their_own_parameters_and_callbacks_fire(tiny_sd15_pa
     rec = Recorder()
     engine.add_callback(rec)
     engine.setup()
-    critic = engine.critics["linear"].critic
+    critic = engine.critics["linear"]
     head0 = critic.head.weight.detach().clone()
     frozen0 = critic.frozen.weight.detach().clone()
     student0 = student_weights(engine)
     metrics = engine.step()
     assert not torch.equal(critic.head.weight, head0), "critic head did not train"
     assert torch.equal(critic.frozen.weight, frozen0), "a frozen critic part changed"
-    assert any(not torch.equal(student0[n], p) for n, p in engine.student.unet.named_parameters())
+    assert any(not torch.equal(student0[n], p) for n, p in engine.student.state_dict().items())
     assert critic.head.weight.requires_grad and not critic.frozen.weight.requires_grad
-    assert {"critic/linear/fake.critic_game", "generator/fake.critic_game", "critic/linear/fake.critic_game/d",
+    assert {"critic/fake.critic_game", "generator/fake.critic_game", "critic/fake.critic_game/d",
             "loss/fake.critic_game/g", "grad_norm/linear", "grad_norm/student"} <= set(metrics)
     engine.fit(max_steps=2)
     assert ("step", 2) in rec.calls and ("checkpoint", 2) in rec.calls and rec.calls[-1] == ("end", "completed")
@@ -253,8 +257,9 @@ def test_pixel_space_family_trains_exports_and_samples(tiny_pixel_path, tmp_path
 
     backbone, student, res = load_student(tmp_path / "px" / "final")
     assert backbone.family == "pixel" and res == 16
-    for n, p in student.unet.named_parameters():
-        assert torch.equal(p, dict(engine.student.unet.named_parameters())[n])
+    trained = engine.student.state_dict()
+    for n, p in student.unet.module.named_parameters():
+        assert torch.equal(p, trained[n])
     images = sample_images(backbone, student, ["a red circle"], 2, seed=0, resolution=16)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 
@@ -319,8 +324,8 @@ def test_adversarial_run_with_lora_resumes_bit_identically_in_one_process(tiny_s
     resumed.fit()
     a, b = student_weights(full), student_weights(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    ca = full.critics["discriminator"].critic.trainable_state_dict()
-    cb = resumed.critics["discriminator"].critic.trainable_state_dict()
+    ca = full.critics["discriminator"].trainable_state_dict()
+    cb = resumed.critics["discriminator"].trainable_state_dict()
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     assert all(torch.equal(full.ema.shadow[k], resumed.ema.shadow[k]) for k in full.ema.shadow)
 
@@ -333,7 +338,7 @@ def test_export_from_a_bfloat16_teacher_runs_in_the_pipeline(tiny_sd15_path, tmp
     from diffusers import UNet2DConditionModel
 
     original = UNet2DConditionModel.from_pretrained(tiny_sd15_path, subfolder="unet")
-    for (n, p), q in zip(engine.student.unet.named_parameters(), original.parameters()):
+    for (n, p), q in zip(engine.student.named_parameters().items(), original.parameters()):
         assert p.dtype == torch.float32 and torch.equal(p, q), n
     engine.fit()
     from diffusers import StableDiffusionPipeline
