@@ -42,6 +42,15 @@ def adapter_names(unet: torch.nn.Module) -> list[str]:
     return list(getattr(unet, "peft_config", None) or {})
 
 
+def current_adapter(unet: torch.nn.Module) -> str | None:
+    """The adapter active on ``unet`` right now (None: the base weights alone)."""
+    layers = _tuner_layers(unet)
+    if not layers:
+        return None
+    active = layers[0].active_adapters
+    return active[0] if active else None
+
+
 @contextlib.contextmanager
 def active_adapter(unet: torch.nn.Module, name: str | None) -> Iterator[None]:
     """Run the body with only adapter ``name`` (None: no adapter, the base weights) active on ``unet``.

@@ -1,39 +1,57 @@
-"""Every loss the installed plugins provide passes the contract (composer-style settings table).
+"""Every loss and critic the installed plugins provide passes its contract (composer-style settings tables).
 
-A loss that is installed but missing from SETTINGS fails the suite: adding a loss means saying how to
-test it cheaply.
+A loss or critic that is installed but missing from its table fails the suite: adding one means saying how
+to test it cheaply.
 """
 
 from __future__ import annotations
 
-import pytest
-
 from distillkit.registry import Registry
-from distillkit.testing.contract import LossContract
+from distillkit.testing.contract import CriticContract, LossContract
+
+from tests.contract.dsm_probe import PLUGINS as DSM_PROBE
 
 TINY_DISCRIMINATOR = {"feature_network": "tiny", "text_encoder": "backbone", "image_encoder": "same",
                       "crop_prob": 0.0}
 
-SETTINGS: dict[str, dict] = {
+LOSSES: dict[str, dict] = {
     "core.regression": {},
+    "core.denoising": {},
     "add.adversarial": {"critic_params": TINY_DISCRIMINATOR},
     "add.distill": {"params": {"space": "pixel"}},
 }
 
-INSTALLED = sorted(Registry.discover().losses)
+#: critic -> layouts to check, each the contract's settings (a loss that trains it, the critic's params)
+CRITICS: dict[str, dict[str, dict]] = {
+    "add.discriminator": {"": {"loss": "add.adversarial", "params": TINY_DISCRIMINATOR}},
+    "core.fake_score": {
+        "copy": {"loss": "probe.fake_score_dsm", "extra_plugins": DSM_PROBE},
+        "adapter": {"loss": "probe.fake_score_dsm", "params": {"lora": {"rank": 4}}, "extra_plugins": DSM_PROBE},
+    },
+}
+
+_REGISTRY = Registry.discover()
+INSTALLED_LOSSES = sorted(_REGISTRY.losses)
+INSTALLED_CRITICS = sorted(_REGISTRY.critics)
 
 
-def test_every_installed_loss_has_contract_settings():
-    missing = [name for name in INSTALLED if name not in SETTINGS]
-    assert not missing, f"add contract settings for {missing} to SETTINGS"
+def test_every_installed_loss_and_critic_has_contract_settings():
+    missing = [name for name in INSTALLED_LOSSES if name not in LOSSES]
+    missing += [name for name in INSTALLED_CRITICS if name not in CRITICS]
+    assert not missing, f"add contract settings for {missing} to LOSSES / CRITICS"
 
 
-def _contract_class(name: str, family: str):
-    settings = SETTINGS.get(name, {})
-    return type(f"Contract_{name}_{family}", (LossContract,), {"loss": name, "family": family, **settings})
+def _name(*parts: str) -> str:
+    return "_".join(p.replace(".", "_") for p in parts if p)
 
 
-for _name in INSTALLED:
+for _loss in INSTALLED_LOSSES:
     for _family in ("sd15", "sdxl"):
-        _cls = _contract_class(_name, _family)
-        globals()[f"Test_{_name.replace('.', '_')}_{_family}"] = _cls
+        globals()[f"Test_{_name(_loss, _family)}"] = type(
+            f"Contract_{_name(_loss, _family)}", (LossContract,),
+            {"loss": _loss, "family": _family, **LOSSES.get(_loss, {})})
+
+for _critic in INSTALLED_CRITICS:
+    for _layout, _settings in CRITICS.get(_critic, {}).items():
+        globals()[f"TestCritic_{_name(_critic, _layout)}"] = type(
+            f"CriticContract_{_name(_critic, _layout)}", (CriticContract,), {"critic": _critic, **_settings})

@@ -37,6 +37,7 @@ class Adversarial(Loss):
     name = "adversarial"
     critic = "add.discriminator"
     needs_real_data = True
+    differentiates_through = frozenset({"vae", "critic"})  # x̂_θ → VAE decoder → F → heads
 
     @staticmethod
     def _critic(ctx: StepContext):
@@ -140,6 +141,10 @@ class Distill(Loss):
 
     name = "distill"
     Config = DistillConfig
+
+    def gradient_paths(self) -> frozenset[str]:
+        """Pixel space back-propagates through the VAE decoder; the teacher's target never carries a graph."""
+        return frozenset({"vae"}) if self.config.space == "pixel" else frozenset()
 
     def _nfsd_direction(self, ctx: StepContext, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """δ_D + s δ_C from ε(y), ε(∅), ε(y_neg) of the teacher at x_t, as one 3B batch."""
