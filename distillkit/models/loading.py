@@ -37,6 +37,27 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+class LazyClass:
+    """A class attribute naming a class that is imported on first access (``LazyClass("diffusers", "X")``).
+
+    Backbone classes are registered by every command, ``validate`` and ``plugins`` included; importing
+    diffusers or transformers at class definition would cost those commands seconds for nothing. Works
+    on the class and on instances alike, so ``cls.pipeline_class.save_lora_weights(...)`` and
+    ``self.pipeline_class(...)`` read as if it were the class itself.
+    """
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __get__(self, instance, owner=None) -> type:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __repr__(self) -> str:
+        return f"LazyClass({self.module!r}, {self.name!r})"
+
+
 def expected_layout(folders: Sequence[str]) -> str:
     """How a loadable folder looks, for error messages."""
     return "a diffusers folder with model_index.json, " + ", ".join(f"{f}/" for f in folders)

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from diffusers import UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from distillkit.errors import ModelLoadError
 from distillkit.models.loading import is_local, read_json
 from distillkit.models.sd15 import SD15Backbone, merged_unet
 
 MANIFEST = "distillkit_pixel.json"
-#: the class each component folder must hold, as (library, class name)
-COMPONENT_CLASSES: dict[str, type] = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel,
-                                      "unet": UNet2DConditionModel}
+#: the class each component folder must hold, as [library, class name] (names: importing the libraries
+#: here would make every command that registers model families pay for diffusers and transformers)
+COMPONENT_CLASSES: dict[str, list[str]] = {"tokenizer": ["transformers", "CLIPTokenizer"],
+                                           "text_encoder": ["transformers", "CLIPTextModel"],
+                                           "unet": ["diffusers", "UNet2DConditionModel"]}
 
 
 def _library_and_class(obj_or_cls) -> list[str]:
@@ -57,8 +57,8 @@ def check_manifest(source: str) -> None:
         raise ModelLoadError(f"{source!r} is not a pixel model folder: it has no {MANIFEST} "
                              f"(write one with PixelBackbone.save_pipeline or distillkit.testing.build_tiny_pixel)")
     manifest = read_json(manifest_path)
-    wrong = [f"{name}: folder holds {manifest.get(name)}, expected {_library_and_class(cls)}"
-             for name, cls in COMPONENT_CLASSES.items() if manifest.get(name) != _library_and_class(cls)]
+    wrong = [f"{name}: folder holds {manifest.get(name)}, expected {expected}"
+             for name, expected in COMPONENT_CLASSES.items() if manifest.get(name) != expected]
     if wrong:
         raise ModelLoadError(f"{manifest_path} names components this loader cannot load: " + "; ".join(wrong))
 

@@ -13,13 +13,11 @@ import os
 from typing import Any, ClassVar, Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from distillkit.diffusion import NoiseSchedule, Prediction
 from distillkit.models.backbone import Backbone, UNetFeatures
 from distillkit.models.conditioning import Conditioning
-from distillkit.models.loading import (check_source, load_component, load_scheduler, load_tokenizer,
+from distillkit.models.loading import (LazyClass, check_source, load_component, load_scheduler, load_tokenizer,
                                        resolve_dtype)
 
 
@@ -101,7 +99,7 @@ class SD15Backbone(Backbone):
     #: component folders a source must have (checked before anything loads)
     folders: ClassVar[tuple[str, ...]] = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
     #: the diffusers pipeline a saved folder is meant for; also the writer of LoRA files
-    pipeline_class: ClassVar[type] = StableDiffusionPipeline
+    pipeline_class: ClassVar[type] = LazyClass("diffusers", "StableDiffusionPipeline")  # imported on use
 
     def __init__(self, *, tokenizer, text_encoder: torch.nn.Module, vae: torch.nn.Module | None,
                  unet: torch.nn.Module, scheduler, dtype: torch.dtype = torch.float32):
@@ -111,6 +109,8 @@ class SD15Backbone(Backbone):
         self.teacher_unet = freeze(unet)
         #: the scheduler as the source configured it; saved pipelines keep it
         self.scheduler = scheduler
+        from diffusers import DDPMScheduler
+
         # Training maths always uses DDPM's ᾱ from the same config, whatever sampler the folder ships.
         self.schedule = NoiseSchedule.from_scheduler(DDPMScheduler.from_config(scheduler.config))
         self.prediction_type = scheduler.config.prediction_type
@@ -139,6 +139,8 @@ class SD15Backbone(Backbone):
             return copy.deepcopy(self.teacher_unet)
         if source is None:
             return copy.deepcopy(self.teacher_unet).to(dtype)
+        from diffusers import UNet2DConditionModel
+
         unet = load_component(UNet2DConditionModel, source["source"], "unet", dtype=dtype,
                               revision=source["revision"], variant=source["variant"])
         return unet.to(self.device)
@@ -148,6 +150,9 @@ class SD15Backbone(Backbone):
                     variant: str | None) -> dict[str, Any]:
         """Every constructor argument but ``dtype``, loaded from ``source``. The tokenizer goes first: it
         is where an unreachable hub shows up, and it is the cheapest thing to fail on."""
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
         weights = {"dtype": dtype, "revision": revision, "variant": variant}
         return {
             "tokenizer": load_tokenizer(CLIPTokenizer, source, "tokenizer", revision=revision),
@@ -159,6 +164,8 @@ class SD15Backbone(Backbone):
 
     @classmethod
     def _load_vae(cls, source: str, *, dtype: torch.dtype, revision: str | None, variant: str | None):
+        from diffusers import AutoencoderKL
+
         return load_component(AutoencoderKL, source, "vae", dtype=dtype, revision=revision, variant=variant)
 
     def _pipeline_components(self, unet: torch.nn.Module) -> dict[str, Any]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, Sequence
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from distillkit.models.conditioning import Conditioning
-from distillkit.models.loading import load_component, load_config, load_pipeline_config, load_tokenizer
+from distillkit.models.loading import LazyClass, load_component, load_config, load_pipeline_config, load_tokenizer
 from distillkit.models.sd15 import SD15Backbone, as_prompt_list, freeze
 
 
@@ -23,7 +21,7 @@ class SDXLBackbone(SD15Backbone):
     family = "sdxl"
     folders: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae",
                                           "unet", "scheduler")
-    pipeline_class: ClassVar[type] = StableDiffusionXLPipeline
+    pipeline_class: ClassVar[type] = LazyClass("diffusers", "StableDiffusionXLPipeline")  # imported on use
 
     def __init__(self, *, tokenizer_2, text_encoder_2: torch.nn.Module, force_zeros_for_empty_prompt: bool = True,
                  **parts):
@@ -37,6 +35,8 @@ class SDXLBackbone(SD15Backbone):
     @classmethod
     def _load_parts(cls, source: str, *, dtype: torch.dtype, revision: str | None,
                     variant: str | None) -> dict[str, Any]:
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
         parts = super()._load_parts(source, dtype=dtype, revision=revision, variant=variant)
         parts["tokenizer_2"] = load_tokenizer(CLIPTokenizer, source, "tokenizer_2", revision=revision)
         parts["text_encoder_2"] = load_component(CLIPTextModelWithProjection, source, "text_encoder_2",
@@ -50,6 +50,8 @@ class SDXLBackbone(SD15Backbone):
         """SDXL's original VAE overflows to NaN in float16 and says so with ``force_upcast``; the SDXL
         pipeline then decodes in float32, and so do we: such a VAE stays float32 in a float16 run.
         (bfloat16 has float32's range and needs no upcast.) ``decode`` runs in the VAE's dtype."""
+        from diffusers import AutoencoderKL
+
         config = load_config(AutoencoderKL, source, "vae", revision=revision)
         upcast = dtype == torch.float16 and config.get("force_upcast", True)  # diffusers' default is True
         return load_component(AutoencoderKL, source, "vae", dtype=torch.float32 if upcast else dtype,
