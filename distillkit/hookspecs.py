@@ -2,7 +2,10 @@
 
 Discovery hooks (``register_*``) are called once per plugin manager with a ``register`` callback; the
 host validates what is registered and namespaces it by the plugin's entry-point name, so a loss ``sid``
-registered by the plugin ``sid`` is used in recipes as ``sid.sid``. Runtime hooks are called on the
+registered by the plugin ``sid`` is used in recipes as ``sid.sid``. ``register(cls, replace=True)`` is
+the one way to take over a name another plugin registers (a model family such as ``sd15``); without it
+a clash is reported and never decided by install order. Keep registration cheap: every command, even
+``distillkit validate``, runs it, so import heavy libraries (diffusers, timm...) where a model is built. Runtime hooks are called on the
 engine's own manager, so callbacks registered on one engine never fire for another. Hooks are called
 with keyword arguments only; an implementation may accept any subset of them (pluggy's rule).
 """
@@ -41,7 +44,9 @@ def register_backbones(register):
     """Register :class:`distillkit.Backbone` subclasses (model families such as ``sd15``, ``sdxl``).
 
     :param register: call ``register(BackboneClass)``; the family name is ``BackboneClass.family``
-        (family names are global, not namespaced, and must be unique).
+        (family names are global, not namespaced, and must be unique). ``register(BackboneClass,
+        replace=True)`` takes over a family another plugin registers (recorded, shown by ``distillkit
+        plugins``).
     """
 
 

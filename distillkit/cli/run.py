@@ -6,43 +6,84 @@ import signal
 
 from distillkit.cli.common import add_recipe_args
 
+#: preemption (SIGTERM) and Ctrl-C (SIGINT): checkpoint a whole step, then exit 130
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="train a student from a recipe")
     add_recipe_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, setup_libraries=False)  # done in run(), once the signal handlers are in place
 
 
-def _graceful(engine, console):
-    """First SIGTERM/SIGINT: finish the step, checkpoint, exit 130. A second one aborts at once."""
-    def handler(signum, frame):
-        if engine.stop_requested:
+class GracefulStop:
+    """The signal handler of ``run``, installed before anything slow (imports, recipe, models).
+
+    First SIGTERM/SIGINT: before training starts, stop there; during training, finish the step,
+    checkpoint and exit 130. A second one aborts at once. Without it, a SIGTERM in the seconds spent
+    importing torch killed the process with status 143 and no word.
+    """
+
+    def __init__(self):
+        self.engine = None
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
             raise KeyboardInterrupt
-        engine.request_stop()
-        console.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                      f"(send it again to abort now)[/]")
-    return handler
+        self.requested = True
+        from distillkit.cli import output
+
+        name = signal.Signals(signum).name
+        if self.engine is None or not getattr(self.engine, "_is_setup", False):
+            output.note(f"{name}: stopping before training starts (send it again to abort now)", "yellow")
+        else:
+            output.note(f"{name}: stopping after this step with a checkpoint (send it again to abort now)",
+                        "yellow")
+        if self.engine is not None:
+            self.engine.request_stop()
+
+    def attach(self, engine) -> None:
+        self.engine = engine
+        if self.requested:
+            engine.request_stop()
+
+
+def _stopped_early(output) -> int:
+    output.note("interrupted before the first training step; nothing was trained. Run the same command "
+                "to start again", "yellow")
+    return 130
 
 
 def run(args) -> int:
-    from distillkit.cli import console
-    from distillkit.engine import Engine
-
-    engine = Engine.from_recipe(args.recipe, args.overrides)
-    signals = (signal.SIGTERM, signal.SIGINT)  # preemption / Ctrl-C: checkpoint a whole step, then exit
-    previous = {sig: signal.signal(sig, _graceful(engine, console)) for sig in signals}
+    stop = GracefulStop()
+    previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
     try:
+        from distillkit.cli import output, quiet_library_progress
+
+        quiet_library_progress()
+        from distillkit.engine import Engine
+
+        if stop.requested:
+            return _stopped_early(output)
+        engine = Engine.from_recipe(args.recipe, args.overrides)
+        stop.attach(engine)
+        if stop.requested:
+            return _stopped_early(output)
         engine.setup()  # missing weight files (validate's warnings) stop here, before any model loads
+        if stop.requested:
+            return _stopped_early(output)
         if engine.global_step:
-            console.print(f"resumed from step {engine.global_step}")
+            output.note(f"resumed from step {engine.global_step}")
         status = engine.fit()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     engine.accelerator.end_training()
     if status == "interrupted":
-        console.print(f"[yellow]interrupted[/] at step {engine.global_step}; run the same command to resume")
+        output.err_console().print(f"[yellow]interrupted[/] at step {engine.global_step}; run the same command "
+                                   f"to resume")
         return 130
     if engine.is_main:
-        console.print(f"[green]done[/]: {engine.output_dir}")
+        output.err_console().print(f"[green]done[/]: {output.esc(engine.output_dir)}", soft_wrap=True)
     return 0
