@@ -131,6 +131,15 @@ class SD15Backbone(Backbone):
         backbone.source = {"source": source, "revision": revision, "variant": variant}
         return backbone
 
+    @classmethod
+    def recipe_problems(cls, recipe) -> list:
+        """``data.resolution`` against the VAE factor and UNet depth, ``student.timesteps`` against the
+        schedule's length, read from a local model folder's configs (for SDXL and pixel too)."""
+        from distillkit.recipe.checks import diffusers_folder_problems
+
+        return diffusers_folder_problems(recipe, spatial_factor=cls.spatial_factor, has_vae="vae" in cls.folders,
+                                         family=cls.family)
+
     def load_unet(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         """The teacher UNet loaded afresh in ``dtype``: a student trained in fp32 must start from the
         original weights, not from the bf16/fp16 rounding the frozen teacher is held in."""

@@ -1,21 +1,27 @@
 """The recipe: a TOML file validated by pydantic before any model loads.
 
 Stage 1 (this module) checks structure and types with ``extra="forbid"`` everywhere, so a misspelt key
-is an error rather than a silently ignored default. Stage 2 (:mod:`distillkit.recipe.load`) resolves
+is an error rather than a silently ignored default. Stage 2 (:mod:`distillkit.recipe.resolve`) resolves
 loss/critic/family names in the plugin registry and validates each ``params`` table against that
 plugin's own pydantic ``Config``. Both stages report every problem at once.
 """
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from distillkit.recipe.problems import Problem, RecipeProblems
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Strict: ``lr = "1e-4"`` is an error, not a silently converted string (an int is still a float), and
+    nan/inf are refused everywhere: they would only surface as non-finite losses after training began."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
@@ -32,15 +38,34 @@ class RunConfig(Section):
     progress: bool = True
     # Budgets that compare across methods updating at different rates (DMD2 updates the student one step in
     # five): the run also stops when any of these is reached (0 = no limit), whichever comes first.
-    max_time: float = Field(0, ge=0, description="stop after this much training wall time in seconds (0: no limit)")
+    max_time: float = Field(0.0, ge=0, description="stop after this much training wall time in seconds (0: no limit)")
     max_student_updates: int = Field(0, ge=0, description="stop after this many student updates (0: no limit)")
     max_images: int = Field(0, ge=0, description="stop after this many training examples seen, all processes "
                                                  "together (0: no limit)")
 
+    @field_validator("output_dir")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        fix = "the only placeholder is {name}; write {{ or }} for a literal brace"
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError:
+            raise ValueError(f"a lone '{{' or '}}': {fix}") from None
+        unknown = [f for f in fields if f != "name"]
+        if unknown:
+            raise ValueError(f"unknown placeholder {'{' + unknown[0] + '}'!r}: {fix}")
+        try:
+            v.format(name="x")
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(f"cannot be filled in ({exc}): {fix}") from None
+        return v
+
 
 class ModelConfig(Section):
-    family: str = Field(..., description="model family: sd15, sdxl, pixel, or one a plugin registers")
-    pretrained: str = Field(..., description="hub id or local diffusers folder of the teacher")
+    family: str = Field(..., description="model family: sd15, sdxl, pixel, or one a plugin registers",
+                        examples=["sd15"])
+    pretrained: str = Field(..., description="hub id or local diffusers folder of the teacher (a relative path is "
+                                             "taken from the working directory)", examples=["runs/fixtures/sd15"])
     revision: Optional[str] = None
     variant: Optional[str] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -66,6 +91,11 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables clipping (TOML has no null)")
     warmup_steps: int = Field(0, ge=0)
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_list(cls, v):
+        return tuple(v) if isinstance(v, list) else v  # TOML has lists only; strict mode wants the tuple
 
     @field_validator("betas")
     @classmethod
@@ -142,7 +172,8 @@ class TrainConfig(Section):
 
 
 class CriticEntry(Section):
-    name: str = Field(..., description="qualified critic type, e.g. add.discriminator")
+    name: str = Field(..., min_length=1, description="qualified critic type, e.g. add.discriminator",
+                      examples=["add.discriminator"])
     id: Optional[str] = Field(None, description="instance id losses refer to; default: the type's short name")
     enabled: bool = Field(True, description="false drops the entry; a critic whose every loss is disabled is "
                                             "dropped too")
@@ -158,10 +189,10 @@ class CriticEntry(Section):
 class WeightSchedule(Section):
     """Linear ramp of a loss weight from ``start`` (at step ``from_step``) to ``end`` (at ``to_step``)."""
 
-    start: float
-    end: float
+    start: float = Field(..., examples=[0.0])
+    end: float = Field(..., examples=[1.0])
     from_step: int = Field(0, ge=0)
-    to_step: int = Field(..., ge=1)
+    to_step: int = Field(..., ge=1, examples=[1000])
 
     @model_validator(mode="after")
     def _order(self):
@@ -179,7 +210,8 @@ class WeightSchedule(Section):
 
 
 class LossEntry(Section):
-    name: str = Field(..., description="qualified loss name, e.g. add.adversarial")
+    name: str = Field(..., min_length=1, description="qualified loss name, e.g. add.adversarial",
+                      examples=["core.regression"])
     weight: Union[float, WeightSchedule] = Field(1.0, description="weight of the loss in the generator phase")
     critic_weight: Union[float, WeightSchedule] = Field(
         1.0, description="weight of the loss's critic term in the critic phase")
@@ -205,7 +237,8 @@ def _weight_at(weight: "float | WeightSchedule", step: int) -> float:
 
 
 class SampleConfig(Section):
-    prompts: list[str] = ["a photo of a cat", "a watercolor landscape", "a red sports car", "a bowl of fruit"]
+    prompts: list[str] = Field(["a photo of a cat", "a watercolor landscape", "a red sports car", "a bowl of fruit"],
+                               min_length=1)
     steps: Optional[list[int]] = Field(None, description="default: 1 and all of the student's timesteps")
     seed: int = 1234
     use_ema: bool = True
@@ -213,37 +246,43 @@ class SampleConfig(Section):
 
 class Recipe(Section):
     run: RunConfig = RunConfig()
-    model: ModelConfig
+    model: ModelConfig = Field(..., examples=[{"family": "sd15", "pretrained": "runs/fixtures/sd15"}])
     student: StudentConfig = StudentConfig()
     teacher: TeacherConfig = TeacherConfig()
-    data: DataConfig
+    data: DataConfig = Field(..., examples=[{"images": "runs/fixtures/shapes"}])
     train: TrainConfig = TrainConfig()
     critics: list[CriticEntry] = []
-    losses: list[LossEntry] = Field(..., min_length=1)
+    losses: list[LossEntry] = Field(..., min_length=1, examples=[{"name": "core.regression"}])
     sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        """Checks across sections (all reported together, as structured problems). Whether each loss's
+        critics exist is checked where the loss's critic roles are known: in name resolution."""
         problems = []
         if self.student.input == "real" and not self.data.has_images:
-            problems.append("student.input = 'real' needs images: set data.images or data.dataset, "
-                            "or use student.input = 'noise' for data-free training")
-        ids = [c.instance_id for c in self.critics]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            problems.append(f"critic ids {dup} are used twice: give each [[critics]] entry a distinct id")
-        for i, loss in enumerate(self.losses):
-            if loss.critic is not None and loss.critic not in ids:
-                problems.append(f"losses[{i}].critic: no critic with id {loss.critic!r} (ids: {ids or 'none'})")
+            problems.append(Problem("student.input", "'real' needs images: set data.images or data.dataset, "
+                                                     "or use student.input = 'noise' for data-free training"))
+        first: dict[str, int] = {}
+        for j, c in enumerate(self.critics):
+            cid = c.instance_id
+            if cid in first:
+                where = f"critics[{j}].id" if c.id else f"critics[{j}]"
+                problems.append(Problem(where, f"id {cid!r} is already used by critics[{first[cid]}]: give each "
+                                               f"[[critics]] entry a distinct id, e.g. id = \"{cid}_2\""))
+            first.setdefault(cid, j)
         if self.losses and not any(loss.enabled for loss in self.losses):
-            problems.append("losses: every entry has enabled = false, so nothing would train: enable at least one")
+            problems.append(Problem("losses", "every entry has enabled = false, so nothing would train: "
+                                              "enable at least one"))
+        n = len(self.student.timesteps)
         if self.sample.steps is None:
-            self.sample.steps = sorted({1, len(self.student.timesteps)})
-        bad = [s for s in self.sample.steps if s > len(self.student.timesteps) or s < 1]
+            self.sample.steps = sorted({1, n})
+        bad = [s for s in self.sample.steps if s > n or s < 1]
         if bad:
-            problems.append(f"sample.steps {bad} exceed the {len(self.student.timesteps)} student timesteps")
+            problems.append(Problem("sample.steps", f"{bad} out of range: the student has {n} timesteps "
+                                                    f"(student.timesteps), so sampling takes 1 to {n} steps"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise RecipeProblems(problems)
         return self
 
     def output_path(self) -> Path:

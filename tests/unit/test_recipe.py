@@ -7,6 +7,7 @@ critic types) plus the core's own ``register_losses`` hook, so no model module i
 from __future__ import annotations
 
 import copy
+import pickle
 import tomllib
 import types
 from pathlib import Path
@@ -20,7 +21,8 @@ from distillkit import builtin
 from distillkit.errors import RecipeError
 from distillkit.models.backbone import Backbone
 from distillkit.recipe import (
-    Recipe, ResolvedRecipe, apply_overrides, dump_recipe, load_recipe, read_toml, validate_structure,
+    Problem, Recipe, ResolvedRecipe, apply_overrides, dump_recipe, dump_resolved, load_recipe, read_toml,
+    validate_structure,
 )
 
 # -- a fake plugin --------------------------------------------------------------------------------
@@ -30,8 +32,13 @@ class ToyBackbone(Backbone):
     family = "toy"
 
 
+def _not_run(self, ctx):  # resolution only looks at which phases a loss overrides
+    raise AssertionError("losses are not run in these tests")
+
+
 class PlainLoss(distillkit.Loss):
     name = "plain"
+    generator_loss = _not_run
 
     class Config(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="forbid")
@@ -43,11 +50,13 @@ class AdversarialLoss(distillkit.Loss):
     name = "adversarial"
     critic = "fake.disc"
     needs_real_data = True
+    generator_loss = critic_loss = _not_run
 
 
 class ScoreLoss(distillkit.Loss):
     name = "score"
     critic = "fake.score"
+    generator_loss = critic_loss = _not_run
 
 
 class Disc(distillkit.Critic):
@@ -149,8 +158,8 @@ def test_disabled_losses_are_dropped_with_the_critics_only_they_used(registry, t
     # a disabled critic no loss needs is dropped too, where an enabled one would be reported as unused
     data["losses"] = [{"name": "core.regression"}]
     data["critics"][1]["enabled"] = False
-    assert problems_of(data, registry) == ["critics[0] ('disc') is not used by any loss: remove it, or add a loss "
-                                           "that trains it"]
+    assert problems_of(data, registry) == ["critics[0]: critic 'disc' is not used by any loss: remove it, or add "
+                                           "a loss that trains it"]
     data["critics"][0]["enabled"] = False
     assert load_recipe(data, registry=registry).critics == []
 
@@ -241,8 +250,10 @@ MALFORMED = [
     ("literal-with-suggestion", ["model.dtype=fp16"],
      ["model.dtype: must be one of 'float32', 'float16', 'bfloat16' (got 'fp16'); did you mean 'float16'?"]),
     ("missing-key", _drop("model", "pretrained"),
-     ["model.pretrained: missing required key", "hub id or local diffusers folder"]),
-    ("missing-section", _drop("model"), ["model: missing required key"]),
+     ["model.pretrained: missing required key, e.g. pretrained = \"runs/fixtures/sd15\"",
+      "hub id or local diffusers folder", "taken from the working directory"]),
+    ("missing-section", _drop("model"),
+     ["model: missing required key, e.g. [model] with family = \"sd15\", pretrained = \"runs/fixtures/sd15\""]),
     ("section-not-a-table", ["student=5"], ["student: must be a table (got 5)", "keys: timesteps, init,"]),
     ("no-losses", ["losses=[]"], ["losses: must have at least 1 entry", 'add a [[losses]] table']),
     ("weight-neither-number-nor-table", ["losses[0].weight=heavy"],
@@ -254,11 +265,15 @@ MALFORMED = [
     ("two-data-sources", ["data.dataset=org/pets"], ["data: give either data.images or data.dataset, not both"]),
     ("no-data", _set("data", {}), ["data: no training data: set data.prompts"]),
     ("real-input-without-images", _set("data", {"prompts": ["a cat"]}),
-     ["student.input = 'real' needs images: set data.images or data.dataset, or use student.input = 'noise'"]),
-    ("sample-steps-too-large", ["sample.steps=[1, 8]"], ["sample.steps [8] exceed the 4 student timesteps"]),
+     ["student.input: 'real' needs images: set data.images or data.dataset, or use student.input = 'noise'"]),
+    ("sample-steps-too-large", ["sample.steps=[1, 8]"],
+     ["sample.steps: [8] out of range: the student has 4 timesteps", "1 to 4 steps"]),
     ("duplicate-critic-ids", _both(_critics({"name": "fake.disc"}, {"name": "fake.disc"}),
                                    _losses({"name": "fake.adversarial"})),
-     ["critic ids ['disc'] are used twice: give each [[critics]] entry a distinct id"]),
+     ["critics[1]: id 'disc' is already used by critics[0]: give each [[critics]] entry a distinct id"]),
+    ("duplicate-explicit-critic-ids", _both(_critics({"name": "fake.disc", "id": "d"}, {"name": "fake.score", "id": "d"}),
+                                            _losses({"name": "fake.adversarial"})),
+     ["critics[1].id: id 'd' is already used by critics[0]"]),
     ("critic-id-unknown", _both(_critics({"name": "fake.disc"}), _losses({"name": "fake.adversarial", "critic": "d"})),
      ["losses[0].critic: no critic with id 'd'", "['disc']"]),
     ("critic-id-unknown-on-a-disabled-loss",
@@ -274,7 +289,7 @@ MALFORMED = [
      ["critics[0].params.layers: must be >= 1 (got 0)"]),
     ("disabled-critic-needed-by-an-enabled-loss",
      _both(_critics({"name": "fake.disc", "enabled": False}), _losses({"name": "fake.adversarial"})),
-     ["losses[0] (fake.adversarial) trains against critics[0] ('disc'), which has enabled = false: enable that "
+     ["losses[0]: 'fake.adversarial' trains against critics[0] ('disc'), which has enabled = false: enable that "
       "critic or set losses[0].enabled = false"]),
     ("value-truncated", ["model.dtype=" + "x" * 200], ["model.dtype: must be one of", "(got 'xxxxxxxx", "...)"]),
     # -- stage 2 --
@@ -292,24 +307,24 @@ MALFORMED = [
     ("params-on-a-loss-without-params", ["losses[0].name=fake.score", "losses[0].params.x=1"],
      ["losses[0].params.x: unknown key 'x'"]),
     ("missing-critic", ["losses[0].name=fake.adversarial"],
-     ["losses[0] (fake.adversarial) needs a critic of type 'fake.disc': add [[critics]] name = \"fake.disc\""]),
+     ["losses[0]: 'fake.adversarial' needs a critic of type 'fake.disc': add [[critics]] name = \"fake.disc\""]),
     ("ambiguous-critic", _both(_critics({"name": "fake.disc", "id": "d1"}, {"name": "fake.disc", "id": "d2"}),
                                _losses({"name": "fake.adversarial"})),
-     ["losses[0] (fake.adversarial)", "2 critics of type 'fake.disc' (ids 'd1', 'd2')",
+     ["losses[0]: 'fake.adversarial' could use any of 2 critics of type 'fake.disc' (ids 'd1', 'd2')",
       "set losses[0].critic to one of them"]),
     ("critic-of-wrong-type", _both(_critics({"name": "fake.disc"}, {"name": "fake.score"}),
                                    _losses({"name": "fake.adversarial", "critic": "score"},
                                            {"name": "fake.score"}, {"name": "fake.adversarial", "critic": "disc"})),
      ["losses[0].critic: critic 'score' is a 'fake.score', but losses[0] (fake.adversarial) needs a 'fake.disc'"]),
     ("unused-critic", _critics({"name": "fake.score"}),
-     ["critics[0] ('score') is not used by any loss", "remove it"]),
+     ["critics[0]: critic 'score' is not used by any loss", "remove it"]),
     ("critic-on-a-loss-without-one", _both(_critics({"name": "fake.disc"}),
                                            _losses({"name": "core.regression", "critic": "disc"},
                                                    {"name": "fake.adversarial"})),
      ["losses[0].critic: 'core.regression' uses no critic; remove losses[0].critic"]),
     ("needs-real-data", _both(_set("data", {"prompts": ["a cat"]}), _set("student.input", "noise"),
                               _critics({"name": "fake.disc"}), _losses({"name": "fake.adversarial"})),
-     ["losses[0] (fake.adversarial) needs real images: set data.images or data.dataset"]),
+     ["losses[0]: 'fake.adversarial' needs real images: set data.images or data.dataset"]),
     ("unknown-critic", _both(_critics({"name": "fake.dsic"}), _losses({"name": "fake.adversarial"})),
      ["critics[0].name: unknown critic 'fake.dsic'; did you mean 'fake.disc'?"]),
     ("bad-critic-param", _both(_critics({"name": "fake.disc", "params": {"layers": 0}}),
@@ -349,16 +364,18 @@ def test_all_stage1_problems_reported_together(registry):
     assert len(problems) == len(expected)  # a field-level error stops the cross checks of the whole recipe
 
 
-def test_cross_checks_are_split_into_lines(registry):
+def test_cross_checks_are_structured_problems(registry):
     data = base()
     data["data"] = {"prompts": ["a"]}
     data["sample"] = {"steps": [9]}
-    data["critics"] = [{"name": "fake.disc"}, {"name": "fake.disc"}]
+    data["critics"] = [{"name": "fake.disc", "id": "x; y"}, {"name": "fake.disc", "id": "x; y"}]
     problems = problems_of(data, registry)
-    assert len(problems) == 3
-    assert problems[0].startswith("student.input = 'real' needs images")
-    assert problems[1].startswith("critic ids ['disc'] are used twice")
-    assert problems[2].startswith("sample.steps [9] exceed")
+    assert [p.path for p in problems] == ["student.input", "critics[1].id", "sample.steps"], problems
+    assert problems[0].message.startswith("'real' needs images")
+    assert problems[1].message.startswith("id 'x; y' is already used by critics[0]")  # not split at its '; '
+
+    assert problems[2].message.startswith("[9] out of range")
+    assert all(isinstance(p, Problem) and str(p) == f"{p.path}: {p.message}" for p in problems)
 
 
 def test_all_stage2_problems_reported_together(registry):
@@ -371,12 +388,13 @@ def test_all_stage2_problems_reported_together(registry):
     assert problems[0].startswith("model.family: unknown model family 'sd99'")
     assert problems[1].startswith("critics[1].params.layers: must be a valid integer")
     assert problems[2] == "losses[1].params.scale: must be > 0 (got 0)"
-    assert problems[3].startswith("critics[0] ('score') is not used by any loss")
+    assert problems[3].startswith("critics[0]: critic 'score' is not used by any loss")
 
 
-def test_stage2_waits_for_a_valid_structure(registry):
+def test_stage2_runs_beside_stage1_problems(registry):
     problems = problems_of(base(), registry, ["model.family=nope", "run.seed=x"])
-    assert len(problems) == 1 and problems[0].startswith("run.seed:")
+    assert [p.path for p in problems] == ["run.seed", "model.family"], problems
+    assert "unknown model family 'nope'" in problems[1]
 
 
 def test_unknown_loss_does_not_blame_its_critic(registry):
@@ -589,4 +607,38 @@ def test_a_second_critic_of_a_type_is_unused_once_one_is_named(registry):
     data["critics"] = [{"name": "fake.disc", "id": "d1"}, {"name": "fake.disc", "id": "d2"}]
     data["losses"] = [{"name": "fake.adversarial", "critic": "d1"}]
     assert problems_of(data, registry) == [
-        "critics[1] ('d2') is not used by any loss: remove it, or add a loss that trains it"]
+        "critics[1]: critic 'd2' is not used by any loss: remove it, or add a loss that trains it"]
+
+
+# -- dump_resolved: plugin params defaults too --------------------------------------------------------
+
+
+def test_resolved_dump_fills_in_plugin_params_defaults_and_round_trips(registry, tmp_path):
+    data = rich_recipe()
+    data["losses"].append({"name": "fake.plain", "enabled": False, "params": {"mode": "b"}})
+    resolved = load_recipe(data, registry=registry)
+    text = dump_resolved(resolved)
+    written = tomllib.loads(text)
+    assert written["critics"][0]["params"] == {"layers": 3, "weights": "w.pt"}  # as given, nothing to fill
+    assert written["losses"][0]["params"] == {}  # AdversarialLoss takes no params
+    assert written["losses"][1]["params"] == {"scale": 3.0, "mode": "b"}
+    assert written["losses"][2]["params"] == {"mode": "b"}  # disabled: checked, but written as given
+    data["losses"][1]["params"] = {"mode": "b"}  # scale left to its default
+    text = dump_resolved(load_recipe(data, registry=registry))
+    assert tomllib.loads(text)["losses"][1]["params"] == {"scale": 1.0, "mode": "b"}
+    path = tmp_path / "recipe.toml"
+    path.write_text(text, encoding="utf-8")
+    again = load_recipe(path, registry=registry)
+    original = load_recipe(data, registry=registry)
+    assert [(rl.entry.name, rl.config, rl.critic_ids) for rl in again.losses] == [
+        (rl.entry.name, rl.config, rl.critic_ids) for rl in original.losses]
+    assert [(rc.id, rc.config) for rc in again.critics] == [(rc.id, rc.config) for rc in original.critics]
+    assert dump_resolved(again) == text
+
+
+def test_problem_is_its_line_and_survives_copies():
+    p = Problem("losses[0].weight", "must be a finite number (got nan)")
+    assert p == "losses[0].weight: must be a finite number (got nan)" and str(p) == p
+    for q in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert (q.path, q.message, type(q)) == (p.path, p.message, Problem)
+    assert Problem("", "whole recipe") == "whole recipe"
