@@ -37,6 +37,9 @@ class TeacherRegression(Loss):
 @hookimpl
 def register_losses(register):
     register(TeacherRegression)
+    from distillkit.toy.denoising import Denoising  # plain DSM: what `distillkit teach` trains a teacher with
+
+    register(Denoising)
 
 
 @hookimpl
@@ -48,3 +51,7 @@ def register_backbones(register):
     register(SD15Backbone)
     register(SDXLBackbone)
     register(PixelBackbone)
+    from distillkit.toy.backbone import ToyBackbone, ToyExactBackbone  # the toy world (docs/toy-world.md)
+
+    register(ToyBackbone)
+    register(ToyExactBackbone)
