@@ -126,7 +126,8 @@ CASES = [
     # -- strict types: nothing is converted from a string
     ("lr-as-a-string", ['student.optim.lr="1e-4"'],
      [("student.optim.lr", ["must be a valid number", "(got '1e-4')", "write a number without quotes"])]),
-    ("int-as-a-string", ['run.max_steps="10"'], [("run.max_steps", ["valid integer", "write a number without quotes"])]),
+    ("int-as-a-string", ['run.max_steps="10"'],
+     [("run.max_steps", ["valid integer", "write a number without quotes"])]),
     ("bool-as-a-string", ['run.progress="true"'], [("run.progress", ["valid boolean", "write true or false"])]),
     ("bool-as-a-number", ["student.optim.lr=true"], [("student.optim.lr", ["must be a valid number", "(got True)"])]),
     ("float-for-an-int", ["run.seed=1.0"], [("run.seed", ["valid integer", "(got 1.0)", "write a whole number"])]),
