@@ -273,7 +273,7 @@ MALFORMED = [
      ["critics[1]: id 'disc' is already used by critics[0]: give each [[critics]] entry a distinct id"]),
     ("duplicate-explicit-critic-ids",
      _both(_critics({"name": "fake.disc", "id": "d"}, {"name": "fake.score", "id": "d"}),
-                                            _losses({"name": "fake.adversarial"})),
+           _losses({"name": "fake.adversarial"})),
      ["critics[1].id: id 'd' is already used by critics[0]"]),
     ("critic-id-unknown", _both(_critics({"name": "fake.disc"}), _losses({"name": "fake.adversarial", "critic": "d"})),
      ["losses[0].critic: no critic with id 'd'", "['disc']"]),
