@@ -19,6 +19,8 @@ from typing import Optional
 from distillkit.errors import DistillkitError
 
 META = "distillkit.json"
+#: what diffusers' ``save_lora_weights`` writes; offline, ``load_lora_weights`` needs the name spelt out
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from distillkit.checkpoint import MARKER, latest_checkpoint, student_weights
 from distillkit.errors import DistillkitError
-from distillkit.export import META, ExportMeta
+from distillkit.export import LORA_WEIGHTS, META, ExportMeta
 from distillkit.models.loading import resolve_dtype
 from distillkit.roles.student import ADAPTER, Student
 
@@ -54,7 +54,8 @@ def _from_final(path: Path, device, registry) -> tuple:
         if not meta.base:
             raise DistillkitError(f"{path / META} names no base model for its LoRA; re-export it from its run")
         backbone = cls.from_pretrained(meta.base, device=device)
-        backbone.base_unet.load_lora_adapter(str(path), prefix="unet", adapter_name=ADAPTER)
+        backbone.base_unet.load_lora_adapter(str(path), prefix="unet", adapter_name=ADAPTER,
+                                             weight_name=LORA_WEIGHTS)
         from distillkit.models.adapters import UNetRef
 
         student = Student(backbone, UNetRef(backbone.base_unet, ADAPTER), meta.timesteps, **kwargs)

@@ -9,7 +9,8 @@ student is exported with a plain LCMScheduler and needs nothing but diffusers.
 Any other student (timesteps such as SiD's 625/468/312/156, a σ·ε first input, re-noising with the first
 ε) gets :class:`StudentScheduler`, the same step with the student's timesteps, first-input scale and
 re-noising stored in its config. Diffusers resolves a scheduler class outside its own libraries from
-modules already imported, so load such a folder after ``import distillkit.schedulers``.
+modules already imported, so load such a folder after ``import distillkit.schedulers``. (Diffusers also
+looks up the loadable base classes by name *in that module*, which is why it imports ``SchedulerMixin``.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from diffusers import LCMScheduler
+from diffusers import LCMScheduler, SchedulerMixin  # noqa: F401  SchedulerMixin: see below
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor

@@ -83,7 +83,7 @@ def build_roles(resolved, device: torch.device) -> Roles:
     names = [rl.entry.name for rl in resolved.losses]
     losses = [BoundLoss(rl.entry, rl.cls(rl.config),
                         rl.entry.name if names.count(rl.entry.name) == 1 else f"{rl.entry.name}[{i}]",
-                        _critic_ids(rl))
+                        dict(rl.critic_ids))
               for i, rl in enumerate(resolved.losses)]
     return Roles(backbone, teacher, student, critics, losses, trained)
 
@@ -109,9 +109,3 @@ def check_model_fits(backbone, resolved) -> None:
     if problems:
         raise RecipeError(problems, resolved.source)
 
-
-def _critic_ids(rl) -> dict[str, str]:
-    ids = getattr(rl, "critic_ids", None)
-    if ids is None:  # TEMPORARY until the recipe package carries critic_ids
-        ids = {"critic": rl.critic_id} if rl.critic_id else {}
-    return dict(ids)

@@ -101,9 +101,9 @@ class Engine:
         if self.resolved.warnings:
             raise DistillkitError("missing files; nothing was loaded:\n" +
                                   "\n".join(f"  - {w}" for w in self.resolved.warnings))
-        from distillkit.recipe import dump_recipe
+        from distillkit.recipe import dump_resolved
 
-        recipe_text = dump_recipe(r)
+        recipe_text = dump_resolved(self.resolved)
         self.folder.check_same_run(recipe_text)
         acc = self.accelerator
         self._check_precision(acc)

@@ -197,12 +197,17 @@ class CriticContract(_EngineHarness):
     params: ClassVar[dict[str, Any]] = {}
     loss: ClassVar[str] = ""
     loss_params: ClassVar[dict[str, Any]] = {}
+    #: the loss's other critic roles, if it has several: role -> {"name": type, "params": {...}}
+    companions: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def _recipe(self, registry, recipe: dict) -> dict:
         roles = registry.loss(self.loss).critic_roles()
-        role = next(r for r, kind in roles.items() if kind == self.critic)
+        role = next(r for r, kind in roles.items() if kind == self.critic and r not in self.companions)
         recipe["critics"] = [{"name": self.critic, "id": "under_test", "params": dict(self.params)}]
-        recipe["losses"] = [{"name": self.loss, "params": dict(self.loss_params), "critics": {role: "under_test"}}]
+        recipe["critics"] += [{"name": c["name"], "id": r, "params": dict(c.get("params", {}))}
+                              for r, c in self.companions.items()]
+        binding = {role: "under_test", **{r: r for r in self.companions}}
+        recipe["losses"] = [{"name": self.loss, "params": dict(self.loss_params), "critics": binding}]
         return recipe
 
     @pytest.fixture

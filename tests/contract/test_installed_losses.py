@@ -28,6 +28,8 @@ CRITICS: dict[str, dict[str, dict]] = {
         "copy": {"loss": "probe.fake_score_dsm", "extra_plugins": DSM_PROBE},
         "adapter": {"loss": "probe.fake_score_dsm", "params": {"lora": {"rank": 4}}, "extra_plugins": DSM_PROBE},
     },
+    "core.gan_head": {"": {"loss": "probe.gan_probe", "extra_plugins": DSM_PROBE,
+                           "companions": {"fake_score": {"name": "core.fake_score", "params": {"lora": {"rank": 2}}}}}},
 }
 
 _REGISTRY = Registry.discover()

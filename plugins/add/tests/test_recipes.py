@@ -102,7 +102,7 @@ def test_tiny_end_to_end_run(tiny_sd15_path, tmp_path):
         "sample": {"prompts": ["a red circle"], "steps": [1]},
     }
     engine = Engine.from_recipe(recipe).setup()
-    disc = engine.critics["discriminator"].critic
+    disc = engine.critics["discriminator"]
     heads = {n: p.detach().clone() for n, p in disc.heads.named_parameters()}
     net = {n: p.detach().clone() for n, p in disc.net.named_parameters()}
     assert engine.fit() == "completed"
@@ -118,7 +118,7 @@ def test_tiny_end_to_end_run(tiny_sd15_path, tmp_path):
     recipe["run"]["max_steps"] = 4
     resumed = Engine.from_recipe(recipe).setup()
     assert resumed.global_step == 3
-    restored = resumed.critics["discriminator"].critic.trainable_state_dict()
+    restored = resumed.critics["discriminator"].trainable_state_dict()
     for k, v in disc.trainable_state_dict().items():
         assert torch.equal(restored[k], v), k
     assert any(k.endswith("_u") for k in restored)
