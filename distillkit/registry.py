@@ -187,7 +187,8 @@ class Registry:
                 if k == kind and plugin in losers}
 
     # -- lookup -----------------------------------------------------------------------------------
-    def _plugin_hint(self, name: str) -> str:
+    def plugin_hint(self, name: str) -> str:
+        """Why ``<plugin>.<name>`` may be missing: its plugin failed (and how), or is not installed; else ""."""
         plugin = name.split(".", 1)[0]
         info = self.plugins.get(plugin)
         if info is not None and info.error:
@@ -201,7 +202,7 @@ class Registry:
             return table[name]
         if (kind, name) in self.unusable:
             raise PluginError(self.unusable[(kind, name)])
-        hint = self._plugin_hint(name) or suggest(name, table)
+        hint = self.plugin_hint(name) or suggest(name, table)
         known = ", ".join(sorted(table)) or "none"
         raise PluginError(f"unknown {KINDS[kind][2]} {name!r}{hint} (known: {known})")
 

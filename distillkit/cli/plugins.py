@@ -175,7 +175,7 @@ def show_item(args) -> int:
         everything = [n for attr, _, _ in _KINDS.values() for n in getattr(reg, attr)]
         known = "; ".join(f"{attr.replace('backbones', 'families')}: {', '.join(sorted(getattr(reg, attr))) or 'none'}"
                           for attr, word, _ in _KINDS.values())
-        hint = reg._plugin_hint(name) or suggest(name, everything)
+        hint = reg.plugin_hint(name) or suggest(name, everything)
         raise PluginError(f"no loss, critic or model family is named {name!r}{hint} ({known})")
     out = output.out_console()
     for kind, cls in found:

@@ -16,12 +16,18 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, setup_libraries=False)  # done in run(), once the signal handlers are in place
 
 
+class StopBeforeTraining(BaseException):
+    """Raised by the handler while nothing has been written yet (imports, recipe): leave at once.
+    A BaseException, so that no library's ``except Exception`` swallows it."""
+
+
 class GracefulStop:
     """The signal handler of ``run``, installed before anything slow (imports, recipe, models).
 
-    First SIGTERM/SIGINT: before training starts, stop there; during training, finish the step,
-    checkpoint and exit 130. A second one aborts at once. Without it, a SIGTERM in the seconds spent
-    importing torch killed the process with status 143 and no word.
+    First SIGTERM/SIGINT: while the recipe is still being read, stop at once (nothing is written
+    before the engine sets up); during set-up, stop when it is done; during training, finish the
+    step, checkpoint and exit 130. A second one aborts at once. Without it, a SIGTERM in the seconds
+    spent importing torch killed the process with status 143 and no word.
     """
 
     def __init__(self):
@@ -40,13 +46,12 @@ class GracefulStop:
         else:
             output.note(f"{name}: stopping after this step with a checkpoint (send it again to abort now)",
                         "yellow")
-        if self.engine is not None:
-            self.engine.request_stop()
+        if self.engine is None:
+            raise StopBeforeTraining
+        self.engine.request_stop()
 
     def attach(self, engine) -> None:
         self.engine = engine
-        if self.requested:
-            engine.request_stop()
 
 
 def _stopped_early(output) -> int:
@@ -58,20 +63,21 @@ def _stopped_early(output) -> int:
 def run(args) -> int:
     stop = GracefulStop()
     previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
+    from distillkit.cli import output
+
     try:
-        from distillkit.cli import output, quiet_library_progress
+        try:
+            from distillkit.cli import quiet_library_progress
 
-        quiet_library_progress()
-        from distillkit.engine import Engine
+            quiet_library_progress()
+            from distillkit.engine import Engine
 
-        if stop.requested:
-            return _stopped_early(output)
-        engine = Engine.from_recipe(args.recipe, args.overrides)
-        stop.attach(engine)
-        if stop.requested:
+            engine = Engine.from_recipe(args.recipe, args.overrides)
+            stop.attach(engine)
+        except StopBeforeTraining:
             return _stopped_early(output)
         engine.setup()  # missing weight files (validate's warnings) stop here, before any model loads
-        if stop.requested:
+        if stop.requested:  # a signal during set-up: the run folder is consistent, no step was taken
             return _stopped_early(output)
         if engine.global_step:
             output.note(f"resumed from step {engine.global_step}")
