@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from distillkit.errors import UsageError
+from distillkit.errors import ModelLoadError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -106,6 +106,9 @@ def sample(args) -> int:
     from distillkit.inference import load_student, sample_images
 
     src = Path(args.checkpoint)
+    if not src.exists():
+        raise ModelLoadError(f"{src} does not exist; give a run folder, one of its checkpoints/step-* folders "
+                             f"or an exported final/ folder")
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent) / "sample.png"
     if args.out:
         check_out(out)

@@ -61,8 +61,14 @@ def test_debug_adds_the_traceback_of_a_user_error(where, capsys):
 # -- sample: arguments checked before the model loads ----------------------------------------------
 
 
+def test_sample_from_a_path_that_does_not_exist_is_a_file_error(tmp_path, capsys):
+    code = main(["sample", str(tmp_path / "no-run"), "--prompt", "a", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 3 and f"{tmp_path / 'no-run'} does not exist" in err
+
+
 def test_sample_out_that_is_a_folder_is_refused(tmp_path, capsys):
-    code = main(["sample", str(tmp_path / "no-run"), "--prompt", "a", "--out", str(tmp_path), "--device", "cpu"])
+    code = main(["sample", str(tmp_path), "--prompt", "a", "--out", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "that is a folder" in err and str(tmp_path / "sample.png") in err
 
