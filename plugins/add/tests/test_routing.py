@@ -151,20 +151,38 @@ def test_real_and_fake_branches_get_independent_augmentations(tiny_sd15, tiny_di
     assert bool(same) is not augment
 
 
-def test_two_discriminators_sharing_a_phase_memo_each_get_their_own_conditioning(sd15_setup, tiny_disc_params):
-    # The engine shares one memo among all losses of a phase; a second discriminator with other
-    # encoders (image conditioning only: a different c) must not be handed the first one's c.
-    s = sd15_setup
+class SameConditioningForEveryCritic(Adversarial):
+    """A deliberately broken loss (kept as a fixture): it caches the conditioning under one key for all
+    discriminators, so a second discriminator with other encoders would be handed the first one's c."""
+
+    def _condition(self, ctx, disc):
+        return ctx.cached("add.discriminator.condition",
+                          lambda: disc.condition(ctx.prompts, ctx.cond, self._real(ctx)), across_phases=True)
+
+
+def _shared_vs_alone(s, tiny_disc_params, loss_cls):
+    """Generator loss of a second discriminator computed after a first one in the same step (sharing the
+    step's memo, as the engine does) and computed alone."""
     env = BuildEnv(backbone=s.backbone, teacher=s.teacher, student=s.student, resolution=RES,
                    device=torch.device("cpu"))
     other = Discriminator.build(Discriminator.Config(**tiny_disc_params, text_conditioning=False), env)
     s.disc.eval(), other.eval()  # no spectral-norm power iteration between the calls compared
-    memo: dict = {}
+    step_memo: dict = {}  # the engine's per-step, cross-phase memo (ctx.batch_memo)
     with torch.no_grad():
-        Adversarial().generator_loss(context(s, Phase.GENERATOR, memo=memo))
-        shared = Adversarial().generator_loss(context(s, Phase.GENERATOR, critic=other, memo=memo)).total
-        alone = Adversarial().generator_loss(context(s, Phase.GENERATOR, critic=other)).total
+        loss_cls().generator_loss(context(s, Phase.GENERATOR, batch_memo=step_memo))
+        shared = loss_cls().generator_loss(context(s, Phase.GENERATOR, critic=other, batch_memo=step_memo)).total
+        alone = loss_cls().generator_loss(context(s, Phase.GENERATOR, critic=other)).total
+    return shared, alone
+
+
+def test_two_discriminators_sharing_a_step_memo_each_get_their_own_conditioning(sd15_setup, tiny_disc_params):
+    shared, alone = _shared_vs_alone(sd15_setup, tiny_disc_params, Adversarial)
     torch.testing.assert_close(shared, alone)
+
+
+def test_the_conditioning_check_catches_a_cache_shared_by_all_critics(sd15_setup, tiny_disc_params):
+    shared, alone = _shared_vs_alone(sd15_setup, tiny_disc_params, SameConditioningForEveryCritic)
+    assert not torch.allclose(shared, alone), "the broken fixture must be seen as broken"
 
 
 # -- the distillation loss wired to a real teacher -------------------------------------------------------------
