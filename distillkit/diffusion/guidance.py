@@ -5,7 +5,7 @@
 s = 1 is the conditional branch alone, s = 0 the unconditional branch alone, s < 0 pushes *away* from
 the prompt (SiD's Anti-CFG), s > 1 is ordinary guidance. DreamFusion's weight ω is s = 1 + ω. Because
 the two weights (1 − s, s) sum to one and ε, v and x0 are affine in each other at fixed x_t, guiding any
-of the three parameterisations gives the same x0 (methods.md §0), so this works on raw outputs.
+of the three parameterisations gives the same x0 (docs/methods.md), so this works on raw outputs.
 At s ∈ {0, 1} only one branch is evaluated, as the SiD code does: half the compute, and bit-identical
 to a plain call.
 """

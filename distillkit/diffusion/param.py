@@ -1,6 +1,6 @@
 """Conversions between ε-, v- and x0-parameterisations, and a prediction that knows its own.
 
-With x_t = α x0 + σ ε and α² + σ² = 1 (methods.md §0):
+With x_t = α x0 + σ ε and α² + σ² = 1 (docs/methods.md, notation):
     x0 = (x_t − σ ε)/α,   ε = (x_t − α x0)/σ,   v = α ε − σ x0,   x0 = α x_t − σ v,   ε = σ x_t + α v.
 The v-formulas use α² + σ² = 1, which holds for every VP schedule but not after zero-terminal-SNR
 overrides of the *input*: callers pass the schedule's own (α, σ), never the overridden ones.

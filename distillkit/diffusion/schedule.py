@@ -1,6 +1,6 @@
 """The variance-preserving noise schedule every method shares.
 
-Notation (methods.md §0): x_t = α_t x0 + σ_t ε with α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t) over integer
+Notation (docs/methods.md): x_t = α_t x0 + σ_t ε with α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t) over integer
 timesteps t ∈ {0..T−1}. The schedule is read from a diffusers scheduler's ``alphas_cumprod`` so teacher,
 student and critics agree with the pipeline the teacher was trained with. All coefficients are kept in
 float64 and cast to the sample's dtype only at the point of use: α_999 for SD is 0.068, and float16

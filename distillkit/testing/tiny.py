@@ -2,7 +2,7 @@
 
 No Stable Diffusion weights can be had offline, so tests exercise the *mechanics* (loading, shapes,
 dtypes, gradients, saving) on models of the right architecture and tiny width. Sizes follow what was
-measured to work with diffusers 0.42 (see ``shared/environment.md``): the VAE keeps 4 blocks so the
+measured to work with diffusers 0.42 on this project's CPU machines: the VAE keeps 4 blocks so the
 latent downscale is SD's real ×8, the UNets have about a million parameters, and each folder is
 built and saved in well under a second. Every network is built under its own fixed seed, so a folder
 is bit-identical across runs and does not depend on the order things were built in.

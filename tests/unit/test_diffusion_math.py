@@ -1,4 +1,4 @@
-"""The shared diffusion maths (methods.md §0) against values derived by hand, and conditioning batching."""
+"""The shared diffusion maths (docs/methods.md, notation) against values derived by hand, and conditioning batching."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_scaled_linear_endpoints(sd):
     assert sd.num_train_timesteps == 1000
     assert sd.alphas_cumprod.dtype == torch.float64
     assert sd.alphas_cumprod[0].item() == pytest.approx(1 - 0.00085, abs=1e-15)  # ᾱ_0 = 1 − β_0
-    assert sd.alphas_cumprod[-1].item() == pytest.approx(0.00466, abs=5e-6)  # methods.md §0: not zero
+    assert sd.alphas_cumprod[-1].item() == pytest.approx(0.00466, abs=5e-6)  # docs/methods.md: not zero
     assert torch.all(sd.alphas_cumprod[1:] < sd.alphas_cumprod[:-1])
 
 
@@ -61,7 +61,7 @@ def test_coefficients_broadcast_shape_and_dtype(sd):
 
 
 def test_edm_sigma_of_sid_init_timestep(sd):
-    assert sd.edm_sigma(625).item() == pytest.approx(2.5017, abs=1e-4)  # methods.md §0
+    assert sd.edm_sigma(625).item() == pytest.approx(2.5017, abs=1e-4)  # docs/methods.md: SiD's t_init
     assert sd.timestep_for_edm_sigma(2.5) == 625
     assert sd.timestep_for_edm_sigma(1e-6) == 0 and sd.timestep_for_edm_sigma(1e6) == 999
 
@@ -237,7 +237,7 @@ def test_cfg_combine_by_hand():
 
 
 def test_cfg_commutes_with_parameterisation():
-    """methods.md §0: the CFG weights sum to 1 and ε, v, x0 are affine at fixed x_t, so guiding any gives one x0."""
+    """docs/methods.md: the CFG weights sum to 1 and ε, v, x0 are affine at fixed x_t, so guiding any gives one x0."""
     g = torch.Generator().manual_seed(3)
     alpha = torch.rand(8, 1, generator=g, dtype=torch.float64) * 0.9 + 0.05
     sigma = (1 - alpha**2).sqrt()

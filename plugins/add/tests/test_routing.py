@@ -1,4 +1,4 @@
-"""Which network receives which gradient (methods.md §5), on the tiny SD1.5 / SDXL backbones."""
+"""Which network receives which gradient (docs/methods.md, roles and gradients), on the tiny SD1.5 / SDXL backbones."""
 
 from dataclasses import dataclass
 
