@@ -12,6 +12,11 @@
 
 Each phase makes only its own parameters trainable; critics and the teacher stay differentiable
 *through their inputs*. A non-finite loss or gradient skips that phase's update on every process.
+
+Scale-out is exact by construction: a step's global batch is ``W·A`` micro-batches (W processes, A
+accumulation steps), and micro-batch g's data, random draws and starting buffers depend on g alone (its
+*shard*), never on which process or accumulation slot computes it. So W = 2, A = 1 computes what W = 1,
+A = 2 does, up to float summation order, and a checkpoint written under N processes resumes under M.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from distillkit.engine.build import BoundLoss, Roles, seed_for
+from distillkit.engine.distributed import is_sharded
 from distillkit.engine.trained import Trained, apply_update, average_gradients, only_trainable
 from distillkit.errors import DistillkitError
 from distillkit.losses.base import LossOutput, Phase, StepContext
@@ -40,6 +46,8 @@ class Batch:
     pixels: Optional[torch.Tensor] = None
     real_x0: Optional[torch.Tensor] = None
     memo: dict = field(default_factory=dict)
+    #: index of this micro-batch in the step's global batch (``slot * world + rank``); None: the rank
+    shard: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -82,10 +90,11 @@ class StepRunner:
         self.counters = counters
 
     # -- randomness ----------------------------------------------------------------------------
-    def generator(self, step: int, *purpose, shared: bool = False) -> torch.Generator:
-        """A generator for one purpose of one step; ``shared`` ones draw the same on every process."""
-        rank = "all" if shared else self.accelerator.process_index
-        return torch.Generator().manual_seed(seed_for(self.recipe.run.seed, step, rank, *purpose))
+    def generator(self, step: int, *purpose, shared: bool = False, shard: Optional[int] = None) -> torch.Generator:
+        """A generator for one purpose of one step; ``shared`` ones draw the same on every process and
+        micro-batch, the others are keyed by the micro-batch's ``shard`` (default: this process's rank)."""
+        who = "all" if shared else (self.accelerator.process_index if shard is None else shard)
+        return torch.Generator().manual_seed(seed_for(self.recipe.run.seed, step, who, *purpose))
 
     # -- data --------------------------------------------------------------------------------------
     def prepare(self, raw: dict) -> Batch:
@@ -105,7 +114,7 @@ class StepRunner:
         with only_trainable(self.roles.trained.values(), [self.roles.trained["student"]]), \
                 torch.set_grad_enabled(grad), acc.autocast():
             return self.roles.student.training_sample(
-                r.student.input, batch.cond, shape, self.generator(step, "student", purpose),
+                r.student.input, batch.cond, shape, self.generator(step, "student", purpose, shard=batch.shard),
                 real_x0=batch.real_x0, device=acc.device, dtype=torch.float32,
                 shared_generator=self.generator(step, "student", purpose, shared=True))
 
@@ -120,7 +129,8 @@ class StepRunner:
             prompts=batch.prompts, cond=batch.cond, uncond=batch.uncond, resolution=self.recipe.data.resolution,
             sample=sample, real_x0=batch.real_x0, real_pixels=batch.pixels, critics=critics,
             updating=frozenset(role for role, cid in bl.critic_ids.items() if cid in updating),
-            generator=self.generator(step, phase.value, purpose, bl.label), memo=memo, batch_memo=batch.memo)
+            generator=self.generator(step, phase.value, purpose, bl.label, shard=batch.shard), memo=memo,
+            batch_memo=batch.memo)
 
     def phase_loss(self, phase: Phase, step: int, batch: Batch, sample: Callable[[], StudentSample],
                    losses: list[BoundLoss], purpose: str, updating: frozenset[str] = frozenset()) -> PhaseLoss:
@@ -164,8 +174,11 @@ class StepRunner:
                updating: frozenset[str] = frozenset()) -> Optional[str]:
         """One optimiser update of the ``active`` roles over all micro-batches. Returns the bad term, if any."""
         n, bad, produced = len(micro), None, False
+        buffers = _BufferSnapshot(self.roles) if n > 1 else None
         for j, batch in enumerate(micro):
-            result = self.phase_loss(phase, step, batch, sample_for(j), losses, f"{purpose}/{j}", updating)
+            if j and buffers is not None:  # each micro-batch starts from the buffers a process would have
+                buffers.restore()
+            result = self.phase_loss(phase, step, batch, sample_for(j), losses, purpose, updating)
             metrics.merge(result.metrics)
             bad = result.bad
             if bad:
@@ -184,7 +197,8 @@ class StepRunner:
                 t.optimizer.zero_grad(set_to_none=True)
             return None
         for t in active:
-            average_gradients(t, self.accelerator)
+            if not t.sharded or any(not is_sharded(p) for p in t.parameters):
+                average_gradients(t, self.accelerator)
             ok, norm = apply_update(t, self.accelerator)
             metrics.add(f"grad_norm/{t.name}", norm)
             if not ok:
@@ -204,6 +218,8 @@ class StepRunner:
         n = 1 if batch is not None else r.train.gradient_accumulation_steps
         raw = [batch] if batch is not None else [self.data.batch(step * n + j) for j in range(n)]
         micro = [self.prepare(b) for b in raw]
+        for j, b in enumerate(micro):  # micro-batch j of rank r is global micro-batch j * world + r
+            b.shard = j * self.accelerator.num_processes + self.accelerator.process_index
         train_gen = step % r.train.generator_every == 0
         samples = _SampleCache(self, step, micro, grad_first=train_gen, shared=r.train.generator_sample == "shared")
         metrics = MeanMetrics()
@@ -253,6 +269,29 @@ class StepRunner:
             if term:
                 bad.append(term)
         return bad
+
+
+class _BufferSnapshot:
+    """Buffers of every trained role (spectral-norm power-iteration vectors, running statistics) as they
+    were before a phase's first micro-batch. Restoring them before each later micro-batch makes gradient
+    accumulation compute what separate processes compute: each of W processes starts its micro-batch
+    from the same buffers, so accumulating W micro-batches on one process must too. The last
+    micro-batch's buffers are kept, as a process keeps its own."""
+
+    def __init__(self, roles: Roles):
+        seen: set[int] = set()
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        modules = [roles.student.unet.module, *roles.critics.values()]
+        for m in modules:
+            for b in m.buffers():
+                if id(b) not in seen and b.is_floating_point():
+                    seen.add(id(b))
+                    self.saved.append((b, b.detach().clone()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for live, saved in self.saved:
+            live.copy_(saved)
 
 
 class _SampleCache:

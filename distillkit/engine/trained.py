@@ -26,6 +26,8 @@ class Trained:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     grad_clip: float
     updates_per_step: int = 1
+    #: some parameters are FSDP shards (``DTensor``): clipping and checkpoints gather across processes
+    sharded: bool = False
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -61,17 +63,18 @@ def only_trainable(everything: Iterable[Trained], active: Iterable[Trained]) -> 
             p.requires_grad_(flag)
 
 
-def average_gradients(trained: Trained, accelerator) -> None:
-    """Average this role's gradients over processes (a no-op with one).
+def average_gradients(trained: Trained, accelerator) -> int:
+    """Average this role's gradients over processes (a no-op with one); returns the collectives issued.
 
-    Which parameters have no gradient is structural (the same losses run on every rank), so the
-    collective sequence is the same on every process.
+    Fused into buckets (:func:`distillkit.engine.distributed.bucketed_all_reduce`). Which parameters have
+    no gradient is structural (the same losses run on every rank), so every process packs the same
+    buckets and issues the same collectives.
     """
     if accelerator.num_processes == 1:
-        return
-    for p in trained.parameters:
-        if p.grad is not None:
-            p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+        return 0
+    from distillkit.engine.distributed import bucketed_all_reduce
+
+    return bucketed_all_reduce(trained.parameters)
 
 
 def apply_update(trained: Trained, accelerator) -> tuple[bool, float]:
@@ -83,7 +86,11 @@ def apply_update(trained: Trained, accelerator) -> tuple[bool, float]:
     if scaler is not None:
         scaler.unscale_(getattr(opt, "optimizer", opt))
     params = trained.parameters
-    if trained.grad_clip:
+    if trained.sharded:  # FSDP shards: the norm needs the other processes' shards
+        from distillkit.engine.distributed import clip_gradients
+
+        norm = clip_gradients(params, trained.grad_clip)
+    elif trained.grad_clip:
         norm = float(torch.nn.utils.clip_grad_norm_(params, trained.grad_clip))
     else:
         grads = [p.grad for p in params if p.grad is not None]

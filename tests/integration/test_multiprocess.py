@@ -1,55 +1,180 @@
-"""Two processes (gloo on CPU) through `accelerate launch`: ranks see different data, yet end identical.
+"""Two processes (gloo on CPU) through `accelerate launch` compute exactly what one process computes.
 
-That only holds if every phase averages its gradients across processes. (`--cpu --num_processes 2`
-silently runs one process, so the launch uses --multi_gpu, which falls back to gloo without CUDA.)
+One launch runs two steps of ADD (student + discriminator) and of data-free `core.regression` (with EMA)
+on 2 processes, batch 1 each, writing a checkpoint after step 1. Then, in this process:
+
+* 1 process with the same global batch (batch 1, 2 accumulation steps) from scratch must end each step
+  with the same weights, critic buffers and gradient norm (float tolerance) — which holds only if
+  gradients are averaged over processes, each micro-batch's random draws depend on its place in the
+  global batch rather than on the process, and accumulation restarts each micro-batch from the same
+  buffers as a separate process would;
+* the 2-process checkpoint resumed under 1 process must reproduce the 2-process step 2.
+
+Adam's eps is 1e-4 here: with the default 1e-8 the first update is lr·g/(|g| + eps) ≈ lr·sign(g), so an
+element whose gradient is ~1e-9 flips by 2·lr on float noise (summation order, thread count) and the
+comparison of weights would measure that noise instead of the gradients.
+
+(`--cpu --num_processes 2` silently runs one process, so the launch uses --multi_gpu, which falls back
+to gloo without CUDA.)
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
 SCRIPT = textwrap.dedent('''
     import json, sys, torch
+    from safetensors.torch import save_file
     from distillkit import Engine
-    model, out = sys.argv[1], sys.argv[2]
-    engine = Engine.from_recipe({
-        "run": {"output_dir": out, "max_steps": 2, "checkpoint_every": 2, "sample_every": 0, "progress": False},
-        "model": {"family": "sd15", "pretrained": model},
-        "student": {"timesteps": [999, 499], "input": "noise", "optim": {"lr": 1e-3}},
+
+    def weights(engine):
+        out = {}
+        for name, t in engine.trained.items():
+            state = engine.critics[name].trainable_state_dict() if t.kind == "critic" else t.state_dict()
+            out.update({f"{name}/{k}": v.detach().float().contiguous().clone() for k, v in state.items()})
+        if engine.ema is not None:
+            out.update({f"ema/{k}": v.clone() for k, v in engine.ema.state_dict().items()})
+        return out
+
+    for recipe in json.load(open(sys.argv[1])):
+        engine = Engine.from_recipe(recipe)
+        out, rank = recipe["run"]["output_dir"], engine.accelerator.process_index
+        norms = []
+        for k in (1, 2):
+            metrics = engine.step()
+            norms.append({m: v for m, v in metrics.items() if m.startswith("grad_norm/")})
+            save_file(weights(engine), f"{out}/weights-{k}-rank{rank}.safetensors")
+        if engine.is_main:
+            json.dump({"world": engine.accelerator.num_processes, "norms": norms,
+                       "prompts": engine.data.batch(0)["prompts"]}, open(out + "/mp.json", "w"))
+    engine.accelerator.end_training()
+''')
+
+
+def regression_recipe(model, out):
+    return {
+        "run": {"output_dir": str(out), "max_steps": 2, "checkpoint_every": 1, "sample_every": 0,
+                "progress": False},
+        "model": {"family": "sd15", "pretrained": str(model)},
+        "student": {"timesteps": [999, 499], "input": "noise", "optim": {"lr": 1e-3, "eps": 1e-4}, "ema": {"decay": 0.9}},
+        "teacher": {"guidance_scale": 2.0},
         "data": {"prompts": ["a red circle", "a blue square", "a green triangle", "a yellow circle"],
                  "resolution": 32, "batch_size": 1},
         "train": {"device": "cpu"},
         "losses": [{"name": "core.regression"}],
-    })
-    engine.fit()
-    acc = engine.accelerator
-    flat = torch.cat([p.detach().flatten() for p in engine.student.unet.parameters()])
-    weights = acc.gather(flat[None])
-    prompts = acc.gather_for_metrics([engine.data.batch(0)["prompts"][0]])
-    if acc.is_main_process:
-        with open(out + "/mp.json", "w") as f:
-            json.dump({"world": acc.num_processes, "same": bool(torch.equal(weights[0], weights[-1])),
-                       "moved": bool(weights.abs().sum() > 0), "prompts": prompts}, f)
-    acc.end_training()
-''')
+    }
 
 
-def test_two_processes_average_gradients(tiny_sd15_path, tmp_path):
-    script = tmp_path / "mp.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "run"
+def add_recipe(model, images, out):
+    return {
+        "run": {"output_dir": str(out), "max_steps": 2, "checkpoint_every": 1, "sample_every": 0,
+                "progress": False},
+        "model": {"family": "sd15", "pretrained": str(model)},
+        "student": {"timesteps": [999, 499], "input": "real",
+                    "optim": {"lr": 1e-4, "betas": [0.0, 0.99], "eps": 1e-4}},
+        "teacher": {"guidance_scale": 3.0},
+        "data": {"images": str(images), "resolution": 64, "batch_size": 1},
+        "train": {"device": "cpu"},
+        "critics": [{"name": "add.discriminator", "optim": {"lr": 2e-4, "betas": [0.0, 0.99], "eps": 1e-4},
+                     "params": {"feature_network": "tiny", "text_encoder": "backbone", "image_encoder": "same",
+                                "crop_prob": 0.0}}],
+        "losses": [{"name": "add.adversarial"}, {"name": "add.distill", "weight": 2.5}],
+    }
+
+
+def one_process(recipe: dict, out, **changes) -> dict:
+    """The same recipe on this (single) process, global batch kept: batch 1 x 2 accumulation steps."""
+    from distillkit import Engine
+
+    r = copy.deepcopy(recipe)
+    r["run"].update(output_dir=str(out), checkpoint_every=100, **changes)
+    r["train"]["gradient_accumulation_steps"] = 2
+    return r, Engine.from_recipe(r)
+
+
+def weights(engine) -> dict:
+    out = {}
+    for name, t in engine.trained.items():
+        state = engine.critics[name].trainable_state_dict() if t.kind == "critic" else t.state_dict()
+        out.update({f"{name}/{k}": v.detach().float().clone() for k, v in state.items()})
+    if engine.ema is not None:
+        out.update({f"ema/{k}": v.clone() for k, v in engine.ema.state_dict().items()})
+    return out
+
+
+def assert_same(got: dict, want: dict, what: str, before: dict) -> None:
+    """Equal up to float noise: every difference below 1 % of the largest change the step made (a wrong
+    gradient, a different random draw or buffer changes updates by their own size)."""
+    assert got.keys() == want.keys(), what
+    step = max(float((want[k] - before[k]).abs().max()) for k in want)
+    assert step > 0, f"{what}: nothing was trained, the comparison proves nothing"
+    worst = max((float((got[k] - want[k]).abs().max()), k) for k in want)
+    assert worst[0] < 0.01 * step, f"{what}: {worst[1]} differs by {worst[0]:.3g} (largest change {step:.3g})"
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tiny_sd15_path, tmp_path_factory):
+    from distillkit.testing.shapes import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("mp")
+    images = write_shapes_dataset(root / "shapes", n=8, size=64)
+    recipes = {"regression": regression_recipe(tiny_sd15_path, root / "regression"),
+               "add": add_recipe(tiny_sd15_path, images, root / "add")}
+    for r in recipes.values():
+        os.makedirs(r["run"]["output_dir"])
+    (root / "recipes.json").write_text(json.dumps(list(recipes.values())))
+    (root / "mp.py").write_text(SCRIPT)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           str(tiny_sd15_path), str(out)]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(root / "mp.py"),
+           str(root / "recipes.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    info = json.loads((out / "mp.json").read_text())
+    return recipes
+
+
+@pytest.mark.parametrize("case", ["regression", "add"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(two_process_runs, case, tmp_path):
+    recipe = two_process_runs[case]
+    out = recipe["run"]["output_dir"]
+    info = json.loads(open(f"{out}/mp.json").read())
     assert info["world"] == 2
-    assert info["prompts"][0] != info["prompts"][1], "both ranks saw the same data; the test proves nothing"
-    assert info["same"], "the ranks' students diverged: gradients were not averaged"
-    assert (out / "checkpoints" / "step-00000002" / "COMPLETE").exists()
+    for k in (1, 2):
+        a, b = load_file(f"{out}/weights-{k}-rank0.safetensors"), load_file(f"{out}/weights-{k}-rank1.safetensors")
+        assert all(torch.equal(a[n], b[n]) for n in a), "the ranks diverged: gradients were not averaged"
+
+    _, engine = one_process(recipe, tmp_path / "one", resume="never")
+    engine.setup()
+    before = weights(engine)
+    prompts = [engine.data.batch(j)["prompts"][0] for j in range(2)]
+    assert prompts[0] != prompts[1], "both micro-batches saw the same data; the test proves nothing"
+    for k in (1, 2):
+        metrics = engine.step()
+        want = load_file(f"{out}/weights-{k}-rank0.safetensors")
+        assert_same(weights(engine), want, f"{case} step {k}", before)
+        before = want
+        for name, norm in info["norms"][k - 1].items():
+            assert metrics[name] == pytest.approx(norm, rel=1e-4), f"{case} step {k}: {name}"
+
+
+@pytest.mark.parametrize("case", ["regression", "add"])
+def test_checkpoint_from_two_processes_resumes_on_one(two_process_runs, case, tmp_path):
+    recipe = two_process_runs[case]
+    out = recipe["run"]["output_dir"]
+    ckpt = f"{out}/checkpoints/step-00000001"
+    _, engine = one_process(recipe, tmp_path / "resumed", resume=ckpt)
+    engine.setup()
+    assert engine.global_step == 1
+    step1 = load_file(f"{out}/weights-1-rank0.safetensors")
+    assert all(torch.equal(v, step1[k]) for k, v in weights(engine).items()), f"{case}: not restored exactly"
+    engine.step()
+    assert_same(weights(engine), load_file(f"{out}/weights-2-rank0.safetensors"), f"{case} resumed step 2", step1)
