@@ -9,7 +9,8 @@ Targets (issue tracker): ``--help`` under 0.5 s; ``validate`` and ``plugins`` wi
 Each command runs as the user runs it (the installed ``distillkit`` script, a subprocess, output
 discarded), ``--repeats`` times, interleaved (torch, help, plugins, validate, torch, help, ...) so the
 load of a shared machine hits all of them alike; the table gives the median wall time of each, its
-range, and the ratio of medians to the torch import. A last pass, untimed, lists which heavy libraries
+range, and the ratio of medians to the torch import, then the same for CPU time (user + sys), which
+other jobs on the machine inflate less. A last pass, untimed, lists which heavy libraries
 each command imported, so a regression shows its cause.
 
     HF_HUB_OFFLINE=1 python benchmarks/cli_startup.py
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -66,13 +68,19 @@ def commands(recipe: str) -> dict[str, list[str]]:
     }
 
 
-def _time(cmd: list[str]) -> float:
-    start = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run; CPU time is less inflated than wall time on a busy machine."""
+    cpu, start = _cpu(), time.perf_counter()
     res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     elapsed = time.perf_counter() - start
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stderr[-2000:]}")
-    return elapsed
+    return elapsed, _cpu() - cpu
 
 
 def _load() -> str:
@@ -99,9 +107,12 @@ def main() -> None:
     for cmd in cmds.values():  # warm the file-system cache once; not timed
         _time(cmd)
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    cpu: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(args.repeats):
         for name, cmd in cmds.items():
-            times[name].append(_time(cmd))
+            wall, used = _time(cmd)
+            times[name].append(wall)
+            cpu[name].append(used)
 
     import torch  # only for the versions line, after all timing
 
@@ -110,13 +121,16 @@ def main() -> None:
           f"{platform.python_version()}, torch {torch.__version__}; 1-min load average {load_before} before, "
           f"{_load()} after")
     base = statistics.median(times['python -c "import torch"'])
+    cpu_base = statistics.median(cpu['python -c "import torch"'])
     width = max(len(n) for n in cmds)
-    print(f"{'command':<{width}}  median s   (min-max)       x torch")
-    print("-" * (width + 40))
+    print(f"{'command':<{width}}  wall s (median, min-max)  x torch   CPU s  x torch")
+    print("-" * (width + 56))
     for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:<{width}}  {med:8.2f}   ({min(values):.2f}-{max(values):.2f})   {med / base:7.2f}")
-    print("targets: --help < 0.5 s; plugins and validate <= 1.5 x torch")
+        med, used = statistics.median(values), statistics.median(cpu[name])
+        print(f"{name:<{width}}  {med:6.2f}  ({min(values):5.2f}-{max(values):5.2f})   {med / base:6.2f}   "
+              f"{used:5.2f}  {used / cpu_base:6.2f}")
+    print("targets: --help < 0.5 s; plugins and validate <= 1.5 x torch (wall). CPU s = user + sys of the "
+          "process, which a busy machine inflates less than wall time")
     print("\nimported by each command (untimed probe):")
     for name, cmd in list(cmds.items())[1:]:
         heavy, plugins = probe(cmd[1:])
