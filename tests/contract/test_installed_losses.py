@@ -19,6 +19,7 @@ LOSSES: dict[str, dict] = {
     "core.denoising": {},
     "add.adversarial": {"critic_params": TINY_DISCRIMINATOR},
     "add.distill": {"params": {"space": "pixel"}},
+    "template.anchored_gan": {"critic_params": {"rank": 2, "head_channels": 8}},  # examples/plugin-template
 }
 
 #: critic -> layouts to check, each the contract's settings (a loss that trains it, the critic's params)
@@ -28,6 +29,8 @@ CRITICS: dict[str, dict[str, dict]] = {
         "copy": {"loss": "probe.fake_score_dsm", "extra_plugins": DSM_PROBE},
         "adapter": {"loss": "probe.fake_score_dsm", "params": {"lora": {"rank": 4}}, "extra_plugins": DSM_PROBE},
     },
+    "template.noisy_discriminator": {"": {"loss": "template.anchored_gan",
+                                          "params": {"rank": 2, "head_channels": 8}}},  # examples/plugin-template
     "core.gan_head": {"": {"loss": "probe.gan_probe", "extra_plugins": DSM_PROBE,
                            "companions": {"fake_score": {"name": "core.fake_score", "params": {"lora": {"rank": 2}}}}}},
 }
