@@ -63,11 +63,11 @@ def build_roles(resolved, device: torch.device) -> Roles:
     student = Student.build(backbone, s.timesteps, init=s.init, lora=s.lora.model_dump() if s.lora else None,
                             seed=seed_for(r.run.seed, "init", "student"), zero_terminal_snr=s.zero_terminal_snr,
                             first_input=s.first_input, renoise=s.renoise)
-    opt, sched = make_optimizer(student.trainable_parameters(), s.optim)
+    opt, sched = make_optimizer(student.trainable_parameters(), s.optim, "student.optim")
     trained = {"student": Trained("student", "student", student.named_parameters(), opt, sched, s.optim.grad_clip)}
 
     critics: dict[str, Critic] = {}
-    for rc in resolved.critics:
+    for i, rc in enumerate(resolved.critics):
         seed = seed_for(r.run.seed, "init", "critic", rc.id)
         env = BuildEnv(backbone, teacher, student, r.data.resolution, device, role=rc.id, seed=seed)
         with seeded(seed):  # same start in every process
@@ -75,7 +75,8 @@ def build_roles(resolved, device: torch.device) -> Roles:
         named = critic.named_trainable()
         if not named:
             raise DistillkitError(f"critic {rc.entry.name!r} ({rc.id}) has no trainable parameters")
-        opt, sched = make_optimizer(list(named.values()), rc.entry.optim)
+        field = f"critics[{r.critics.index(rc.entry)}].optim" if rc.entry in r.critics else f"critics[{i}].optim"
+        opt, sched = make_optimizer(list(named.values()), rc.entry.optim, field)
         critics[rc.id] = critic
         trained[rc.id] = Trained(rc.id, "critic", named, opt, sched, rc.entry.optim.grad_clip,
                                  rc.entry.updates_per_step)

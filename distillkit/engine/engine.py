@@ -18,7 +18,7 @@ import torch
 
 from distillkit import checkpoint as fmt
 from distillkit.engine.build import build_roles
-from distillkit.engine.ema import EMA
+from distillkit.engine.memory import apply_savers, make_ema
 from distillkit.engine.outputs import save_grid, steps_label
 from distillkit.engine.plots import plot_metrics
 from distillkit.engine.rundir import RunFolder
@@ -114,9 +114,10 @@ class Engine:
         roles = build_roles(self.resolved, acc.device)
         self.backbone, self.teacher, self.student = roles.backbone, roles.teacher, roles.student
         self.critics, self.losses, self.trained = roles.critics, roles.losses, roles.trained
+        self.savers = apply_savers(roles, r, acc.device, self.data)  # memory/speed keys (engine/memory.py)
         for t in self.trained.values():  # modules are placed, not wrapped: each phase averages its own gradients
             t.optimizer = acc.prepare(t.optimizer)
-        self.ema = EMA(self.student.named_parameters(), r.student.ema.decay) if r.student.ema else None
+        self.ema = make_ema(self.student, r.student.ema)
         self.runner = StepRunner(roles, r, acc, self.data, self.counters)
         self._count_unet_passes(roles)
         if self.is_main:

@@ -37,9 +37,16 @@ class Trained:
         return {n: p.detach() for n, p in self.params.items()}
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam, or AdamW when ``weight_decay`` > 0, with a linear warm-up of ``warmup_steps`` updates."""
-    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+def make_optimizer(params: list[torch.nn.Parameter], cfg, field: str = "student.optim"
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam, or AdamW when ``weight_decay`` > 0, with a linear warm-up of ``warmup_steps`` updates;
+    bitsandbytes' 8-bit versions with ``eight_bit`` (``field`` names the recipe table in its error)."""
+    if getattr(cfg, "eight_bit", False):
+        from distillkit.engine.memory import eight_bit_adam
+
+        cls = eight_bit_adam(field, cfg.weight_decay)
+    else:
+        cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
     opt = cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

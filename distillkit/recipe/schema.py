@@ -69,6 +69,9 @@ class ModelConfig(Section):
     revision: Optional[str] = None
     variant: Optional[str] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    teacher_offload: bool = Field(False, description="keep the frozen teacher UNet's weights in CPU memory and move "
+                                                     "them to the accelerator one block at a time per call "
+                                                     "(saves its memory; costs host-device traffic)")
 
 
 class LoraConfig(Section):
@@ -80,6 +83,7 @@ class LoraConfig(Section):
 class EMAConfig(Section):
     decay: float = Field(0.999, gt=0, lt=1)
     start_step: int = Field(0, ge=0)
+    offload: bool = Field(False, description="keep the EMA copy in CPU memory (one device-to-host copy per update)")
 
 
 class OptimConfig(Section):
@@ -91,6 +95,8 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables clipping (TOML has no null)")
     warmup_steps: int = Field(0, ge=0)
+    eight_bit: bool = Field(False, description="8-bit Adam(W) states from bitsandbytes (pip install "
+                                               "'distillkit[bnb]'): a quarter of Adam's state memory")
 
     @field_validator("betas", mode="before")
     @classmethod
@@ -145,6 +151,9 @@ class DataConfig(Section):
     random_flip: bool = False
     batch_size: int = Field(4, ge=1)
     strict: bool = Field(False, description="fail on an unreadable image instead of skipping and counting it")
+    cache_text_embeddings: bool = Field(False, description="encode every prompt/caption once at start, keep the "
+                                                           "embeddings in CPU memory and move the text encoders off "
+                                                           "the accelerator")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -169,6 +178,13 @@ class TrainConfig(Section):
         "shared", description="'shared': the generator phase reuses the critic phase's student sample; 'fresh': "
                               "it draws a new one (SiD's code)")
     device: Optional[str] = Field(None, description="force a device (e.g. 'cpu'); default: accelerate's choice")
+    gradient_checkpointing: bool = Field(False, description="recompute the student's and critics' UNet "
+                                                            "activations in the backward pass (less memory, "
+                                                            "~30 % more compute)")
+    attention: Literal["default", "sdpa", "eager"] = Field(
+        "default", description="attention of every UNet/VAE: 'sdpa' (fused, no attention matrix kept), 'eager' "
+                               "(the classic one), 'default' (as the model was loaded)")
+    compile: bool = Field(False, description="torch.compile the UNets (slow first steps, faster later ones)")
 
 
 class CriticEntry(Section):

@@ -203,12 +203,11 @@ class FeatureNetwork(torch.nn.Module):
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
         """[0, 1] images of any size → the network's resolution, normalised with its mean/std."""
-        dtype = self.mean.dtype
-        x = x01.to(dtype)
+        x = x01.float()  # resized in fp32: CPU has no bf16 antialiased resize, and it is cheap either way
         if x.shape[-2:] != (self.resolution, self.resolution):
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
                               antialias=True)
-        return (x - self.mean) / self.std
+        return (x.to(self.mean.dtype) - self.mean) / self.std
 
     def _tokens(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L, C) with prefix tokens → (B, C, N) patch tokens with the CLS readout added (StyleGAN-T)."""
