@@ -19,6 +19,10 @@ LOSSES: dict[str, dict] = {
     "core.denoising": {},
     "add.adversarial": {"critic_params": TINY_DISCRIMINATOR},
     "add.distill": {"params": {"space": "pixel"}},
+    "sid.sid": {"student_input": "noise", "student": {"first_input": "sigma_noise"}},  # fake score: a full copy
+    "sid.gan": {"student_input": "noise", "params": {"weighting": "none"}},  # alone: no sid.sid weight to share
+    "sid.gan_head": {"student_input": "noise", "params": {"weighting": "none"}, "critic_params_by_type": {
+        "core.fake_score": {"lora": {"rank": 2}}, "core.gan_head": {"num_convs": 1}}},
     "template.anchored_gan": {"critic_params": {"rank": 2, "head_channels": 8}},  # examples/plugin-template
 }
 
