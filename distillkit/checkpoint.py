@@ -6,6 +6,11 @@ and renamed into place only after a ``COMPLETE`` marker is inside it, so a proce
 leaves the previous checkpoint as the latest good one. Optimiser state dicts (nested dicts of tensors
 and numbers) are split into a JSON skeleton plus a flat safetensors file: nothing is ever unpickled.
 
+A marker says the writer finished, not that the files are still what it wrote: a disk that filled up
+later, a copy that was cut off, a hand edit. So the writer's last file before the marker is a manifest
+of every file's size and SHA-256, and :func:`verify_checkpoint` checks it (and that ``state.json``'s step
+is the folder's) before a checkpoint is trusted; resume falls back to an older one when it fails.
+
 Files (``<name>`` is ``student`` or a critic's instance id)::
 
     weights-<name>.safetensors   the role's own trainable weights (a LoRA role: its adapter only)
@@ -13,23 +18,29 @@ Files (``<name>`` is ``student`` or a critic's instance id)::
     ema.safetensors              the student's EMA weights (if the recipe keeps one)
     grad-scaler.{json,safetensors}  fp16 loss scale
     state.json                   step, non-finite streak, budget counters
+    recipe.toml                  the resolved recipe that wrote it (resume compares it with its own)
+    manifest.json                size and SHA-256 of each file above
     COMPLETE                     written last
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
 MARKER = "COMPLETE"
+MANIFEST = "manifest.json"
 STATE = "state.json"
+RECIPE = "recipe.toml"
 EMA = "ema.safetensors"
 SCALER = "grad-scaler"
 
@@ -44,6 +55,8 @@ def optim_stem(name: str) -> str:
 
 def sched_stem(name: str) -> str:
     return f"sched-{name}"
+
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -88,6 +101,24 @@ def load_tree(path_stem: Path) -> Any:
     return unflatten_state(json.loads(Path(str(path_stem) + ".json").read_text()), tensors)
 
 
+def describe_mismatch(target_shapes: dict[str, tuple], state_shapes: dict[str, tuple], exact: bool = True
+                      ) -> Optional[str]:
+    """What keeps tensors of ``state_shapes`` (name -> shape) from loading into ``target_shapes``, or None."""
+    unknown = [k for k in state_shapes if k not in target_shapes]
+    missing = [k for k in target_shapes if k not in state_shapes] if exact else []
+    shapes = [k for k in state_shapes if k in target_shapes and tuple(state_shapes[k]) != tuple(target_shapes[k])]
+    parts = []
+    if unknown:
+        parts.append(f"{len(unknown)} tensors this model lacks (e.g. {unknown[:3]})")
+    if missing:
+        parts.append(f"no value for {len(missing)} of its tensors (e.g. {missing[:3]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensors of another shape (e.g. {k}: {tuple(state_shapes[k])} vs "
+                     f"{tuple(target_shapes[k])})")
+    return "; ".join(parts) or None
+
+
 def load_params(targets: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str,
                 exact: bool = True) -> None:
     """Copy ``state`` into the tensors ``targets`` (name -> parameter/buffer), checking names and shapes.
@@ -98,24 +129,22 @@ def load_params(targets: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
     """
     from distillkit.errors import DistillkitError
 
-    unknown = [k for k in state if k not in targets]
-    missing = [k for k in targets if k not in state] if exact else []
-    shapes = [k for k in state if k in targets and tuple(state[k].shape) != tuple(targets[k].shape)]
-    if unknown or missing or shapes:
-        parts = []
-        if unknown:
-            parts.append(f"{len(unknown)} tensors this model lacks (e.g. {unknown[:3]})")
-        if missing:
-            parts.append(f"no value for {len(missing)} of its tensors (e.g. {missing[:3]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} tensors of another shape (e.g. {k}: {tuple(state[k].shape)} vs "
-                         f"{tuple(targets[k].shape)})")
-        raise DistillkitError(f"checkpoint {what} does not fit: " + "; ".join(parts) +
-                              ". The recipe's model, LoRA or critic settings differ from the run that wrote it.")
+    problem = describe_mismatch({k: tuple(v.shape) for k, v in targets.items()},
+                                {k: tuple(v.shape) for k, v in state.items()}, exact)
+    if problem:
+        raise DistillkitError(f"checkpoint {what} does not fit: {problem}. The recipe's model, LoRA or critic "
+                              f"settings differ from the run that wrote it.")
     with torch.no_grad():
         for k, v in state.items():
             targets[k].copy_(v.to(device=targets[k].device, dtype=targets[k].dtype))
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple]:
+    """Names and shapes of a safetensors file, read from its header alone (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def student_weights(path: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -129,13 +158,68 @@ def student_weights(path: Path, use_ema: bool = True) -> dict[str, torch.Tensor]
     return load_file(str(f))
 
 
+# -- manifest ------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Record every file's size and hash; the writer's last file before the marker."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name not in (MARKER, MANIFEST)}
+    (Path(folder) / MANIFEST).write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=1))
+
+
+def verify_checkpoint(path: Path) -> Optional[str]:
+    """Why the checkpoint ``path`` cannot be trusted, or None when its files are the ones written.
+
+    Checks the marker, that every file of the manifest is there with its size and hash, and that the
+    step of ``state.json`` and of the manifest is the folder's (a hand-edited step would make resume skip
+    or repeat training silently). Reads every byte, so it costs about one read of the checkpoint."""
+    path = Path(path)
+    m = _STEP_DIR.match(path.name)
+    if not (path / MARKER).is_file():
+        return f"no {MARKER} marker: the write never finished"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        listed = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (written by an older distillkit, or damaged): its files cannot be checked"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, want in sorted(listed.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want.get("bytes"):
+            diff = want.get("bytes", 0) - size
+            what = f"{diff} more were written" if diff > 0 else f"{-diff} fewer were written"
+            return f"{name} has {size} bytes where {what} (cut off or overwritten)"
+        if _sha256(f) != want.get("sha256"):
+            return f"{name} differs from what was written (its SHA-256 does not match the manifest)"
+    for name in (STATE,):
+        if name not in listed:
+            return f"{name} is not in the manifest"
+    try:
+        step = json.loads((path / STATE).read_text())["step"]
+    except (ValueError, KeyError, TypeError):
+        return f"{STATE} has no step"
+    folder_step = int(m.group(1)) if m else None
+    if folder_step is not None and (step != folder_step or manifest.get("step") != folder_step):
+        return f"{STATE} says step {step} but the folder is step {folder_step}"
+    return None
+
+
 # -- directories ---------------------------------------------------------------------------------
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root``, oldest first (incomplete temporaries are ignored)."""
+    """Checkpoints under ``root`` whose write finished, oldest first (temporaries are ignored; whether
+    their files are intact is :func:`verify_checkpoint`'s question)."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -152,32 +236,89 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+_TMP = re.compile(r"^\.tmp-step-\d{8}-(?:(?P<host>.+)-)?(?P<pid>\d+)(?:\.replaced)?$")
+
+
 class CheckpointWriter:
-    """Writes ``files`` into a temp dir, marks it complete, renames it into place, prunes old ones."""
+    """Writes ``files`` into a temp dir, adds the manifest and the marker, renames it into place, prunes.
+
+    Temporaries are named after the writer (``.tmp-step-00000100-<host>-<pid>``). One whose writer is
+    provably gone (this host, no such process) is removed *before* the next write, so a half-written
+    checkpoint of a killed run does not keep the disk full; one of a live process is never touched. A
+    failed write removes its own temporary at once and is one :class:`~distillkit.errors.RunFolderError`.
+    """
 
     def __init__(self, root: Path, keep: int):
         self.root = Path(root)
         self.keep = keep
+        self.host = socket.gethostname()
 
-    def write(self, step: int, writer) -> Path:
+    def _tmp(self, name: str, suffix: str = "") -> Path:
+        return self.root / f".tmp-{name}-{self.host}-{os.getpid()}{suffix}"
+
+    def write(self, step: int, writer: Callable[[Path], None]) -> Path:
         """``writer(tmp_dir)`` fills the directory; returns the final path."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        from distillkit.files import folder_error, give_ordinary_mode
+
         final = step_dir(self.root, step)
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        writer(tmp)
-        (tmp / MARKER).write_text(str(step))
-        if final.exists():  # re-doing a step after resume from an earlier checkpoint
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp, old = self._tmp(final.name), self._tmp(final.name, ".replaced")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.remove_stale()
+            for leftover in (tmp, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+            tmp.mkdir()
+            writer(tmp)
+            write_manifest(tmp, step)
+            give_ordinary_mode([p for p in tmp.iterdir() if p.suffix == ".safetensors"], tmp)
+            (tmp / MARKER).write_text(str(step))
+            if final.exists():  # re-doing a step after resuming from an earlier checkpoint
+                os.replace(final, old)
+            os.replace(tmp, final)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back at once
+            if isinstance(exc, OSError):
+                last = latest_checkpoint(self.root)
+                keep = f"the last complete checkpoint is {last.name}" if last else "no checkpoint was written yet"
+                raise folder_error(exc, f"checkpoint {final.name}", self.root,
+                                   f"{keep}; free space (or fix the folder) and run the same command to "
+                                   f"resume") from exc
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         self._prune()
         return final
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporaries whose writer is gone: this host's, of a process that no longer runs."""
+        if not self.root.is_dir():
+            return []
+        stale = []
+        for p in self.root.glob(".tmp-step-*"):
+            m = _TMP.match(p.name)
+            if not m or not p.is_dir():
+                continue
+            pid, host = int(m.group("pid")), m.group("host")
+            mine = pid == os.getpid() and host in (None, self.host)
+            if not mine and host in (None, self.host) and not _pid_alive(pid):
+                stale.append(p)
+        return stale
+
+    def remove_stale(self) -> None:
+        for p in self.stale_temporaries():
+            shutil.rmtree(p, ignore_errors=True)
 
     def _prune(self) -> None:
         for _, path in list_checkpoints(self.root)[: -self.keep]:
             shutil.rmtree(path, ignore_errors=True)
-        for stale in self.root.glob(".tmp-step-*"):
-            if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
-                shutil.rmtree(stale, ignore_errors=True)
+        self.remove_stale()

@@ -50,6 +50,14 @@ class DataError(DistillkitError):
     exit_code = 3
 
 
+class RunFolderError(DistillkitError):
+    """The run folder cannot be used as asked: another process holds it, it holds a run with other settings,
+    none of its checkpoints can be trusted, or it cannot be written (read-only, a full disk). Exit 2, as for
+    the recipe's ``run.output_dir``/``run.resume``, which is where the fix usually lies."""
+
+    exit_code = 2
+
+
 class NonFiniteLossError(DistillkitError):
     """Training produced NaN/Inf losses too many steps in a row; the last good checkpoint is kept."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
 from distillkit.cli.common import add_recipe_args
@@ -13,6 +14,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="train a student from a recipe")
     add_recipe_args(p)
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume a run folder although its recipe differs in settings that shape the weights "
+                        "(run.seed, a loss, ...); each change is listed first and recorded in run.json")
     p.set_defaults(func=run, setup_libraries=False)  # done in run(), once the signal handlers are in place
 
 
@@ -60,11 +64,25 @@ def _stopped_early(output) -> int:
     return 130
 
 
+class EngineWarnings(logging.Handler):
+    """The engine's log warnings (a resume fallback, skipped images, a taken-over lock) as CLI warnings."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        from distillkit.cli import output
+
+        output.warning(record.getMessage())
+
+
 def run(args) -> int:
     stop = GracefulStop()
     previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
     from distillkit.cli import output
 
+    warnings = EngineWarnings()
+    logging.getLogger("distillkit").addHandler(warnings)
     try:
         try:
             from distillkit.cli import quiet_library_progress
@@ -72,7 +90,7 @@ def run(args) -> int:
             quiet_library_progress()
             from distillkit.engine import Engine
 
-            engine = Engine.from_recipe(args.recipe, args.overrides)
+            engine = Engine.from_recipe(args.recipe, args.overrides, allow_changes=args.allow_changes)
             stop.attach(engine)
         except StopBeforeTraining:
             return _stopped_early(output)
@@ -83,6 +101,7 @@ def run(args) -> int:
             output.note(f"resumed from step {engine.global_step}")
         status = engine.fit()
     finally:
+        logging.getLogger("distillkit").removeHandler(warnings)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     engine.accelerator.end_training()

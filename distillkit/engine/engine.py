@@ -17,15 +17,16 @@ from typing import Any, Optional
 import torch
 
 from distillkit import checkpoint as fmt
+from distillkit.engine import start
 from distillkit.engine.build import build_roles
 from distillkit.engine.memory import apply_savers, make_ema
-from distillkit.engine.outputs import save_grid, steps_label
-from distillkit.engine.plots import plot_metrics
+from distillkit.engine.outputs import write_samples
 from distillkit.engine.rundir import RunFolder
-from distillkit.engine.state import read_state, write_state
+from distillkit.engine.state import read_state, restore_counters, write_state
 from distillkit.engine.step import Batch, PhaseLoss, StepRunner
 from distillkit.engine.trained import only_trainable
-from distillkit.errors import DistillkitError, NonFiniteLossError
+from distillkit.errors import DistillkitError, NonFiniteLossError, RunFolderError
+from distillkit.files import give_ordinary_mode, writing
 from distillkit.losses.base import Phase
 
 log = logging.getLogger("distillkit")
@@ -37,8 +38,9 @@ class Engine:
     """Distillation engine. Build with :meth:`from_recipe`, then :meth:`fit` or drive :meth:`step`."""
 
     def __init__(self, resolved, *, accelerator=None, plugin_manager=None, output_dir: str | Path | None = None,
-                 callbacks: tuple = ()):
+                 callbacks: tuple = (), allow_changes: bool = False):
         self.resolved = resolved
+        self.allow_changes = allow_changes  # resume despite changed settings, recorded (see .changes)
         self.recipe = resolved.recipe
         self._accelerator = accelerator
         if plugin_manager is None:
@@ -94,9 +96,17 @@ class Engine:
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> "Engine":
-        """Load and build every role, restore the latest checkpoint (``run.resume``), write the run files."""
+        """Load and build every role, restore the latest checkpoint (``run.resume``), write the run files.
+        A set-up that fails releases the run folder and has written nothing into it."""
         if self._is_setup:
             return self
+        try:
+            return self._setup()
+        except BaseException:
+            self.folder.lock.release()
+            raise
+
+    def _setup(self) -> "Engine":
         r = self.recipe
         if self.resolved.warnings:
             raise DistillkitError("missing files; nothing was loaded:\n" +
@@ -104,9 +114,9 @@ class Engine:
         from distillkit.recipe import dump_resolved
 
         recipe_text = dump_resolved(self.resolved)
-        self.folder.check_same_run(recipe_text)
         acc = self.accelerator
         self._check_precision(acc)
+        start.open_folder(self, recipe_text)  # lock, compare; writes nothing
         from distillkit.data import BatchSource
 
         self.data = BatchSource.from_config(r.data, seed=r.run.seed, rank=acc.process_index,
@@ -120,10 +130,7 @@ class Engine:
         self.ema = make_ema(self.student, r.student.ema)
         self.runner = StepRunner(roles, r, acc, self.data, self.counters)
         self._count_unet_passes(roles)
-        if self.is_main:
-            self.folder.write_start(recipe_text, [name for name, _ in self.pm.list_name_plugin()],
-                                    self.resolved.source)
-        self._maybe_resume()
+        self._maybe_resume(recipe_text)
         self._is_setup = True
         self.pm.hook.on_setup(engine=self)
         return self
@@ -196,6 +203,7 @@ class Engine:
         With ``gradient_accumulation_steps = N`` a step consumes N micro-batches; an explicitly passed
         ``batch`` (``{"prompts": [...], "pixels": tensor or None}``) is one micro-batch."""
         self.setup()
+        start.hold_folder(self)
         r = self.recipe.run
         metrics = self.runner.run(self.global_step, batch, self.ema)
         self.counters["wall_s"] += metrics["time/step_s"]
@@ -203,8 +211,11 @@ class Engine:
         self.global_step += 1
         step = self.global_step
         metrics.update(self.budget(prefixed=True))
+        if self.data.dataset is not None:  # found as images load: grows during training for a lazy source
+            metrics["data/skipped"] = sum(self.data.dataset.skipped.values())
         if self.is_main and (step % r.log_every == 0 or step == r.max_steps):
             self.folder.metrics.write(metrics)
+            self.trackers.log(metrics, step)
         self.pm.hook.on_step_end(engine=self, step=step, metrics=metrics)
         if step % r.checkpoint_every == 0:
             self.save_checkpoint()
@@ -306,7 +317,14 @@ class Engine:
                 self.folder.metrics.write({"event": "end", "status": status, "step": self.global_step})
             self.pm.hook.on_run_end(engine=self, status=status)
             self.accelerator.wait_for_everyone()
+            self.close()
         return status
+
+    def close(self) -> None:
+        """Finish the trackers, release the run folder (as :meth:`fit` does at its end; :meth:`step` retakes it)."""
+        if getattr(self, "trackers", None) is not None:
+            self.trackers.finish()
+        self.folder.lock.release()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
@@ -314,43 +332,28 @@ class Engine:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
+        start.hold_folder(self)
         info = {"step": self.global_step, "nonfinite_streak": self._nonfinite_streak, "counters": self.counters}
         scaler = getattr(self.accelerator, "scaler", None)
-        path = self.folder.checkpoints.write(
-            self.global_step, lambda tmp: write_state(tmp, self.trained, self.critics, self.ema, scaler, info))
+        path = self.folder.checkpoints.write(self.global_step, lambda tmp: write_state(
+            tmp, self.trained, self.critics, self.ema, scaler, info, self._recipe_text))
         self.pm.hook.on_checkpoint(engine=self, step=self.global_step, path=path)
         return path
 
-    def load_checkpoint(self, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path, verified: bool = False) -> None:
+        """Restore a checkpoint, checked first unless ``verified``: a bad one changes nothing (RunFolderError)."""
         if not hasattr(self, "runner"):
             self.setup()
+        why = None if verified else start.problem(self, Path(path), self._recipe_text, self.allow_changes)
+        if why:
+            raise RunFolderError(f"checkpoint {path} cannot be used: {why}")
         state = read_state(Path(path), self.trained, self.critics, self.student, self.ema,
                            getattr(self.accelerator, "scaler", None))
-        self.global_step = int(state["step"])
-        self._nonfinite_streak = int(state.get("nonfinite_streak", 0))
-        saved = state.get("counters", {})
-        for k in COUNTERS + ("wall_s",):
-            if k in saved:
-                self.counters[k] = saved[k]
-        self.counters["critic_updates"] = dict(saved.get("critic_updates", {}))
+        restore_counters(self, state, COUNTERS + ("wall_s",))
 
-    def _maybe_resume(self) -> None:
-        mode = self.recipe.run.resume
-        root = self.folder.checkpoints.root
-        if mode == "never":
-            if fmt.latest_checkpoint(root) is not None:
-                raise DistillkitError(f"{root} already has checkpoints and run.resume = 'never'; nothing was "
-                                      f"overwritten. Use run.resume = 'auto' or a new run.output_dir.")
-            return
-        path = fmt.latest_checkpoint(root) if mode == "auto" else Path(mode)
-        if path is None:
-            return
-        if not path.exists():
-            raise DistillkitError(f"run.resume: checkpoint {path} does not exist")
-        self.load_checkpoint(path)
-        log.info("resumed from %s (step %d)", path, self.global_step)
-        if self.is_main:
-            self.folder.metrics.write({"event": "resume", "step": self.global_step, "checkpoint": str(path)})
+    def _maybe_resume(self, recipe_text: str) -> None:
+        """Resume as ``run.resume`` says, then (only then) write this start into the run folder."""
+        start.resume_and_record(self, recipe_text)
 
     # -- samples and export --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -371,16 +374,12 @@ class Engine:
                                  self.device)
 
     def write_samples(self) -> Path | None:
+        """The sample grid of the current step (``samples/step-*.png``) and the loss curves (``metrics.png``)."""
         self.setup()
         if not self.is_main:
             return None
-        s = self.recipe.sample
-        images = torch.cat([self.generate(s.prompts, k, s.seed, s.use_ema) for k in s.steps])
-        path = save_grid(images, self.folder.sample_path(self.global_step), ncols=len(s.prompts),
-                         row_labels=[steps_label(k) for k in s.steps], col_labels=s.prompts)
-        self.pm.hook.on_samples(engine=self, step=self.global_step, images=images, path=path)
-        plot_metrics(self.folder.metrics.read(), self.output_dir / "metrics.png")
-        return path
+        start.hold_folder(self)
+        return write_samples(self, self.folder, self.recipe.sample, self.global_step)
 
     def save_final(self) -> Path | None:
         """Export the student (EMA weights if kept) to ``final/`` (see :mod:`distillkit.export`)."""
@@ -390,9 +389,12 @@ class Engine:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
-        with self._ema_weights(True):
-            return write_final(self.backbone, self.student, self.folder.final, base=self.recipe.model.pretrained,
+        start.hold_folder(self)
+        with self._ema_weights(True), writing("the exported student", self.folder.final):
+            path = write_final(self.backbone, self.student, self.folder.final, base=self.recipe.model.pretrained,
                                step=self.global_step, resolution=self.recipe.data.resolution)
+            give_ordinary_mode(Path(path).rglob("*.safetensors"), Path(path))  # safetensors writes them 0600
+        return path
 
 
 def _progress(enabled: bool):

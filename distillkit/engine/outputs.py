@@ -3,7 +3,7 @@
 Layout::
 
     <output_dir>/recipe.toml        the fully resolved recipe (defaults filled in)
-                 run.json           versions, plugins, command line
+                 run.json           one entry per start: versions, plugins, command line
                  metrics.jsonl      one JSON object per logged step (plus resume/end events)
                  samples/step-*.png rows = sampling steps, columns = prompts
                  checkpoints/step-*/
@@ -23,22 +23,62 @@ from PIL import Image
 
 
 class MetricsLog:
-    """Append-only JSONL; each line is flushed so a killed run loses at most the current step."""
+    """Append-only JSONL; each line is flushed so a killed run loses at most the current step.
+
+    A kill in the middle of a write leaves a cut-off last line. Reading skips unparsable lines (and says
+    how many), and the next write first ends such a line, so the fragment never swallows a good record.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._checked_end = False
+        #: lines :meth:`read` could not parse at its last call
+        self.skipped_lines = 0
+
+    def _ends_cleanly(self) -> bool:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(0, 2)
+                if f.tell() == 0:
+                    return True
+                f.seek(-1, 2)
+                return f.read(1) == b"\n"
+        except FileNotFoundError:
+            return True
 
     def write(self, record: dict) -> None:
+        from distillkit.files import writing
+
         clean = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in record.items()}
         clean.setdefault("time", time.time())
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean, allow_nan=True) + "\n")
+        line = json.dumps(clean, allow_nan=True) + "\n"
+        with writing("the metrics log", self.path):
+            if not self._checked_end:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self._ends_cleanly():  # a cut-off line of a killed run: finish it, start anew
+                    line = "\n" + line
+                self._checked_end = True
+            with self.path.open("a") as f:
+                f.write(line)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, bad = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                bad += 1
+        self.skipped_lines = bad
+        return records
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -78,4 +118,20 @@ def save_grid(images: torch.Tensor, path: Path, ncols: int, pad: int = 2, row_la
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
+    return path
+
+
+def write_samples(engine, folder, sample, step: int) -> Path:
+    """Generate ``sample.prompts`` at each of ``sample.steps``, save the labelled grid, fire ``on_samples``,
+    and redraw the loss curves; a write that fails is one message (see :mod:`distillkit.files`)."""
+    from distillkit.engine.plots import plot_metrics
+    from distillkit.files import writing
+
+    images = torch.cat([engine.generate(sample.prompts, k, sample.seed, sample.use_ema) for k in sample.steps])
+    with writing("a sample grid", folder.sample_path(step)):
+        path = save_grid(images, folder.sample_path(step), ncols=len(sample.prompts),
+                         row_labels=[steps_label(k) for k in sample.steps], col_labels=sample.prompts)
+    engine.pm.hook.on_samples(engine=engine, step=step, images=images, path=path)
+    with writing("the loss curves", folder.path / "metrics.png"):
+        plot_metrics(folder.metrics.read(), folder.path / "metrics.png")
     return path

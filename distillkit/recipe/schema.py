@@ -260,6 +260,19 @@ class SampleConfig(Section):
     use_ema: bool = True
 
 
+class LogConfig(Section):
+    """Where training metrics go besides ``metrics.jsonl`` (always written) and ``metrics.png``."""
+
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive",
+                            "swanlab"]] = Field(
+        [], description="experiment trackers that receive every logged step, through accelerate's trackers "
+                        "(as diffusers' --report_to), e.g. [\"tensorboard\"]; each needs its own package")
+    project: Optional[str] = Field(None, min_length=1, description="the trackers' project name (W&B project, "
+                                                                   "TensorBoard subfolder); default: run.name")
+    logging_dir: str = Field("logs", min_length=1, description="where file-based trackers (TensorBoard) write, "
+                                                               "relative to the run folder")
+
+
 class Recipe(Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = Field(..., examples=[{"family": "sd15", "pretrained": "runs/fixtures/sd15"}])
@@ -270,6 +283,7 @@ class Recipe(Section):
     critics: list[CriticEntry] = []
     losses: list[LossEntry] = Field(..., min_length=1, examples=[{"name": "core.regression"}])
     sample: SampleConfig = SampleConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -43,7 +43,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240):
 
 def _final_student(out: Path) -> dict:
     ckpts = sorted((out / "checkpoints").glob("step-*"))
-    return load_file(str(ckpts[-1] / "student.safetensors"))
+    return load_file(str(ckpts[-1] / "weights-student.safetensors"))
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_sd15_path, tmp_path):

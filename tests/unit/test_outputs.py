@@ -1,15 +1,27 @@
-"""Run-directory outputs: sample grids, loss plots, metrics log, pickle-free checkpoint trees."""
+"""Run-directory outputs: sample grids, loss plots, metrics log, pickle-free checkpoint trees, the
+checkpoint manifest, the writer's temporaries and modes, and the run-folder lock."""
 
 from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
-from distillkit.engine.checkpoint import CheckpointWriter, latest_checkpoint, list_checkpoints, load_tree, save_tree
+from distillkit import checkpoint as fmt
+from distillkit.checkpoint import CheckpointWriter, latest_checkpoint, list_checkpoints, load_tree, save_tree
+from distillkit.engine.lock import RunLock
 from distillkit.engine.outputs import MetricsLog, save_grid
-from distillkit.engine.plots import PANEL_H, PANEL_W, curve_keys, plot_metrics
+from distillkit.engine.plots import PANEL_H, PANEL_W, curve_keys, curve_rows, figure, plot_metrics
+from distillkit.errors import RunFolderError
 
 
 def test_grid_places_each_image_in_its_cell(tmp_path):
@@ -28,7 +40,8 @@ def test_labelled_grid_adds_margins(tmp_path):
     assert h == 16 + 22 and w > 22
 
 
-def test_metrics_plot_has_a_panel_per_term_and_skips_nonfinite(tmp_path):
+def test_metrics_plot_has_a_panel_per_term_and_skips_nonfinite(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the PIL drawing, used without matplotlib
     log = MetricsLog(tmp_path / "m.jsonl")
     for step in range(1, 6):
         log.write({"step": step, "generator/total": 1.0 / step, "loss/x.y/a": float("nan") if step == 3 else step,
@@ -86,3 +99,150 @@ def test_step_context_cache_scopes():
         ctx.cached("per-phase", lambda: calls.append("p") or len(calls))
         ctx.cached("per-step", lambda: calls.append("s") or len(calls), across_phases=True)
     assert calls == ["p", "s", "p"]  # the per-step value was computed once for both phases
+
+
+# -- loss curves with matplotlib ---------------------------------------------------------------------
+
+def test_matplotlib_panels_have_labelled_step_axes_and_plot_the_logged_values(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = [{"step": s, "generator/total": 10.0 - s, "loss/a.b/mse": s * 0.5} for s in (1, 2, 3)]
+    fig = figure(records, curve_keys(records))
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["generator/total", "loss/a.b/mse"]
+    assert all(ax.get_xlabel() == "step" for ax in axes)
+    assert [ax.get_ylabel() for ax in axes] == ["total", "mse"]
+    raw = axes[1].get_lines()[0]
+    assert list(raw.get_xdata()) == [1, 2, 3] and list(raw.get_ydata()) == [0.5, 1.0, 1.5]
+    path = plot_metrics(records, tmp_path / "m.png")
+    assert Image.open(path).size != (3 * PANEL_W, PANEL_H)  # drawn by matplotlib, not the PIL fallback
+
+
+def test_curves_show_the_trajectory_the_resumed_run_took():
+    records = [{"step": 1, "loss/x": 1.0}, {"step": 2, "loss/x": 2.0}, {"step": 3, "loss/x": 99.0},
+               {"event": "resume", "step": 2}, {"step": 3, "loss/x": 3.0}]
+    assert [(r["step"], r["loss/x"]) for r in curve_rows(records)] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+# -- metrics.jsonl cut off by a kill ---------------------------------------------------------------
+
+def test_a_cut_off_metrics_line_is_skipped_and_the_next_write_starts_a_new_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss/x": 1.0}\n{"step": 2, "loss/')  # killed mid-write
+    log = MetricsLog(path)
+    assert [r["step"] for r in log.read()] == [1] and log.skipped_lines == 1
+    log.write({"step": 2, "loss/x": 2.0})
+    log.write({"step": 3, "loss/x": 3.0})
+    assert [r["step"] for r in MetricsLog(path).read()] == [1, 2, 3]
+    assert path.read_text().splitlines()[1] == '{"step": 2, "loss/'  # the fragment stays alone on its line
+
+
+# -- checkpoint manifest ---------------------------------------------------------------------------
+
+def _checkpoint(root, step=1):
+    def fill(d):
+        save_file({"w": torch.arange(6.0)}, str(d / "weights-student.safetensors"))
+        (d / fmt.STATE).write_text(json.dumps({"step": step}))
+
+    return CheckpointWriter(root, keep=5).write(step, fill)
+
+
+def _rewrite_manifest(path):
+    (path / fmt.MANIFEST).unlink()
+    fmt.write_manifest(path, int(path.name.split("-")[1]))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: (p / "weights-student.safetensors").write_bytes(
+        (p / "weights-student.safetensors").read_bytes()[:-8]), "bytes where 8 more were written"),
+    (lambda p: (p / "weights-student.safetensors").unlink(), "weights-student.safetensors is missing"),
+    (lambda p: (p / fmt.STATE).write_text(""), "state.json has 0 bytes where 11 more were written"),
+    (lambda p: (p / fmt.STATE).write_text('{"step": 9}'), "state.json differs from what was written"),
+    (lambda p: (p / fmt.MANIFEST).unlink(), "no manifest.json"),
+    (lambda p: ((p / fmt.STATE).write_text('{"step": 1000000}'), _rewrite_manifest(p)),
+     "says step 1000000 but the folder is step 1"),
+])
+def test_a_checkpoint_whose_files_changed_is_not_trusted(tmp_path, damage, reason):
+    path = _checkpoint(tmp_path)
+    assert fmt.verify_checkpoint(path) is None
+    damage(path)
+    assert reason in fmt.verify_checkpoint(path)
+
+
+# -- writer: temporaries, failures, modes -----------------------------------------------------------
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_writers_go_before_the_write_and_live_ones_stay(tmp_path):
+    host = socket.gethostname()
+    dead = tmp_path / f".tmp-step-00000007-{host}-{_dead_pid()}"
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".tmp-step-00000007-{host}-{live_proc.pid}"
+        for d in (dead, live):
+            d.mkdir()
+            (d / "big.bin").write_bytes(b"x" * 1000)
+        seen = []
+        CheckpointWriter(tmp_path, keep=2).write(1, lambda d: seen.append(dead.exists()))
+        assert seen == [False], "a dead writer's temporary must be gone before the write (a full disk needs it)"
+        assert live.is_dir(), "a live process's temporary was deleted"
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+
+
+def test_a_full_disk_is_one_message_and_leaves_no_temporary(tmp_path):
+    writer = CheckpointWriter(tmp_path, keep=2)
+    _checkpoint(tmp_path, 1)
+
+    def full(d):
+        (d / "half.bin").write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RunFolderError) as err:
+        writer.write(2, full)
+    assert "the disk is full" in str(err.value) and "the last complete checkpoint is step-00000001" in str(err.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert latest_checkpoint(tmp_path).name == "step-00000001"
+
+
+def test_weight_files_get_the_mode_of_every_other_file(tmp_path):
+    path = _checkpoint(tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # safetensors alone would write its files 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes["weights-student.safetensors"] == 0o666 & ~umask
+
+
+# -- the run-folder lock ------------------------------------------------------------------------------
+
+def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path):
+    first, second = RunLock(tmp_path / "run"), RunLock(tmp_path / "run")
+    first.acquire()
+    with pytest.raises(RunFolderError) as err:
+        second.acquire()
+    msg = str(err.value)
+    assert f"in use by process {os.getpid()} on {socket.gethostname()}" in msg and "command:" in msg
+    first.release()
+    second.acquire()  # free again
+    assert second.held and second.took_over is None
+    second.release()
+    assert not (tmp_path / "run").exists(), "the lock created the folder and left it empty"
+
+
+def test_the_lock_of_a_killed_process_is_taken_over_with_its_name(tmp_path, caplog):
+    code = ("import sys, os, signal; from distillkit.engine.lock import RunLock; "
+            "lock = RunLock(sys.argv[1]); lock.acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    assert proc.wait() == -9 and (tmp_path / "run.lock").exists()
+    lock = RunLock(tmp_path)
+    with caplog.at_level("WARNING", logger="distillkit"):
+        lock.acquire()
+    assert lock.took_over["pid"] == proc.pid
+    assert "taking over the lock left by process" in caplog.text
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
