@@ -4,7 +4,8 @@ Each plugin's hook implementation is called with a ``register`` callback bound t
 name, so loss and critic names are namespaced (``add.adversarial``). Model family names are global
 (``sd15``), so two plugins can claim one. No name ever changes hands silently:
 
-* one plugin registering two classes under one name: the name is unusable until one is renamed;
+* one plugin registering two classes under one name: neither counts (the name is unusable unless
+  another plugin's claim to it stands);
 * a second plugin registering a taken name: ignored if the name is the core's, unusable if both are
   third parties (which one wins would depend on install order), reported either way;
 * ``register(cls, replace=True)`` is the explicit opt-in to take over another plugin's name; it is
@@ -131,11 +132,10 @@ class Registry:
             if not any(s.plugin == r.plugin and s.obj is r.obj for s in same):  # registering twice is harmless
                 same.append(r)
         for (kind, key), regs in groups.items():
-            winner, message = self._decide(kind, key, regs)
-            if message:
-                self.collisions.append(message)
+            winner, messages = self._decide(kind, key, regs)
+            self.collisions.extend(messages)
             if winner is None:
-                self.unusable[(kind, key)] = message
+                self.unusable[(kind, key)] = " ".join(messages)
                 continue
             self._table(kind)[key] = winner.obj
             self.origin[(kind, key)] = winner.plugin
@@ -143,36 +143,44 @@ class Registry:
             if winner.replace and losers:
                 self.replaced[(kind, key)] = losers
 
-    def _decide(self, kind: str, key: str, regs: list[Registration]) -> tuple[Registration | None, str | None]:
+    def _decide(self, kind: str, key: str, regs: list[Registration]) -> tuple[Registration | None, list[str]]:
+        """(the registration that gets the name, or None; the messages, each naming every party)."""
         what = f"{KINDS[kind][2]} {key!r}"
         if len({id(r.obj) for r in regs}) == 1:  # several plugins, one class: nothing to choose
             host = [r for r in regs if r.plugin == HOST_PLUGIN]
-            return (host or regs)[0], None
+            return (host or regs)[0], []
         by_plugin: dict[str, list[Registration]] = {}
         for r in regs:
             by_plugin.setdefault(r.plugin, []).append(r)
-        twice = {p: rs for p, rs in by_plugin.items() if len(rs) > 1}
-        if twice:
-            p, rs = next(iter(twice.items()))
-            classes = " and ".join(r.obj.__qualname__ for r in rs)
-            return None, (f"plugin {self._who(p)} registered {what} twice ({classes}); names must be unique, "
-                          f"so neither is used: rename one of the classes' {KINDS[kind][1]!r}")
-        names = " and ".join(self._who(p) for p in sorted(by_plugin))
-        replacing = [r for r in regs if r.replace]
+        messages = []
+        for plugin, rs in by_plugin.items():  # a plugin that registered two classes under one name has no claim
+            if len(rs) > 1:
+                classes = " and ".join(r.obj.__qualname__ for r in rs)
+                messages.append(f"plugin {self._who(plugin)} registered {what} twice ({classes}); names must be "
+                                f"unique, so neither is used: rename one of the classes' {KINDS[kind][1]!r}")
+        claims = {plugin: rs[0] for plugin, rs in by_plugin.items() if len(rs) == 1}
+        names = " and ".join(self._who(p) for p in sorted(claims))
+        replacing = [r for r in claims.values() if r.replace]
         if len(replacing) == 1:
-            return replacing[0], None
+            return replacing[0], messages
         if len(replacing) > 1:
-            return None, (f"{what} is registered with replace=True by {names}; only one plugin may take a name "
-                          f"over, so neither is used: uninstall or block one (DISTILLKIT_BLOCK_PLUGINS)")
-        host = by_plugin.get(HOST_PLUGIN)
-        if host:
-            others = ", ".join(self._who(p) for p in sorted(by_plugin) if p != HOST_PLUGIN)
-            return host[0], (f"plugin {others} registered {what}, which plugin {self._who(HOST_PLUGIN)} already "
-                             f"provides; the core's is kept and the other ignored. A plugin that means to "
-                             f"take a name over registers it with register(cls, replace=True)")
-        return None, (f"{what} is registered by {names}; neither is used, because which one wins would depend "
-                      f"on install order: uninstall one, or the one meant to win registers it with "
-                      f"register(cls, replace=True)")
+            return None, messages + [f"{what} is registered with replace=True by {names}; only one plugin may take "
+                                     f"a name over, so neither is used: uninstall or block one "
+                                     f"(DISTILLKIT_BLOCK_PLUGINS)"]
+        if HOST_PLUGIN in claims:
+            others = ", ".join(self._who(p) for p in sorted(claims) if p != HOST_PLUGIN)
+            if others:
+                messages.append(f"plugin {others} registered {what}, which plugin {self._who(HOST_PLUGIN)} already "
+                                f"provides; the core's is kept and the other ignored. A plugin that means to "
+                                f"take a name over registers it with register(cls, replace=True)")
+            return claims[HOST_PLUGIN], messages
+        if len(claims) == 1:  # the only valid claim (the others registered the name twice)
+            return next(iter(claims.values())), messages
+        if not claims:
+            return None, messages
+        return None, messages + [f"{what} is registered by {names}; neither is used, because which one wins would "
+                                 f"depend on install order: uninstall one, or the one meant to win registers it "
+                                 f"with register(cls, replace=True)"]
 
     def _table(self, kind: str) -> dict:
         return {"loss": self.losses, "critic": self.critics, "backbone": self.backbones}[kind]

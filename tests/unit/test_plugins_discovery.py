@@ -275,3 +275,14 @@ def test_discover_without_plugins_is_empty_not_broken():
     assert reg.losses == {} and reg.problems == [] and reg.pm is not None
     with pytest.raises(PluginError, match="unknown loss 'x.y'; no plugin 'x' is installed"):
         reg.loss("x.y")
+
+
+def test_a_plugin_registering_sd15_twice_does_not_cost_the_core_its_family(installed):
+    installed(FakeEntryPoint("core", "distillkit", core_plugin(), version="0.1.0"),
+              FakeEntryPoint("sloppy", "sloppy-dist",
+                             plugin(register_backbones=registers("backbones", ThirdPartyFamily, OtherThirdPartyFamily))))
+    reg = Registry.discover()
+    assert reg.backbone("sd15") is CoreFamily
+    [message] = reg.collisions
+    assert "'sloppy' (sloppy-dist 1.0) registered model family 'sd15' twice" in message
+    assert "ThirdPartyFamily and OtherThirdPartyFamily" in message
