@@ -61,7 +61,8 @@ def _from_final(path: Path, device, registry) -> tuple:
         student = Student(backbone, UNetRef(backbone.base_unet, ADAPTER), meta.timesteps, **kwargs)
     else:
         backbone = cls.from_pretrained(str(path), device=device)
-        student = Student(backbone, backbone.teacher_unet, meta.timesteps, **kwargs)
+        # base_unet: the exported UNet, also for a family whose teacher is not that network (toy_exact)
+        student = Student(backbone, backbone.base_unet, meta.timesteps, **kwargs)
     return backbone, student, int(meta.resolution)
 
 

@@ -31,14 +31,14 @@ def __getattr__(name: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from distillkit.cli import plugins, run, sample, validate
+    from distillkit.cli import compare, eval as eval_, plugins, run, sample, teach, validate
 
     parser = argparse.ArgumentParser(prog="distillkit", description="Distil text-to-image diffusion models "
                                      "into 1-4-step generators.")
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--debug", action="store_true", help="print the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, validate, plugins, sample):
+    for module in (run, validate, plugins, sample, teach, eval_, compare):
         module.add_parser(sub)
     _add_debug_everywhere(sub)
     return parser

@@ -119,7 +119,9 @@ class ToyBackbone(Backbone):
 
     def load_unet(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         """The folder's UNet afresh in ``dtype`` (full precision even when the frozen copy is bf16)."""
-        if _module_dtype(self.unet) == dtype or self.source is None:
+        if _module_dtype(self.unet) == dtype:
+            return copy.deepcopy(self.unet)
+        if self.source is None:
             return copy.deepcopy(self.unet).to(dtype)
         return read_unet(self.source["source"], dtype).to(self.device)
 

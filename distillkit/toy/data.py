@@ -26,9 +26,35 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.double().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+#: what a data folder was written from; a second call with the same settings leaves the folder as it is
+STAMP = "toy_data.json"
+
+
+def _fingerprint(world: World) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(world.tensors().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def write_dataset(world: World, out: str | os.PathLike, count: int, seed: int = 0) -> Path:
-    """``count`` exact samples (prompts drawn by the world's prompt shares) as PNGs plus ``metadata.jsonl``."""
+    """``count`` exact samples (prompts drawn by the world's prompt shares) as PNGs plus ``metadata.jsonl``.
+
+    Idempotent: a folder already written with the same world, count and seed is kept (so a quick-start can
+    be rerun); any other non-empty folder is refused rather than mixed with new files.
+    """
+    from distillkit.errors import DataError
+
     out = Path(out)
+    stamp = {"count": count, "seed": seed, "world": _fingerprint(world)}
+    if (out / STAMP).is_file() and json.loads((out / STAMP).read_text()) == stamp:
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{str(out)!r} is not empty and was not written with these settings; delete it or choose "
+                        f"another folder")
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     picks = torch.multinomial(world.prompt_weights, count, replacement=True, generator=g).tolist()
@@ -41,4 +67,5 @@ def write_dataset(world: World, out: str | os.PathLike, count: int, seed: int = 
         Image.fromarray(to_uint8(x)).save(out / name)
         lines.append(json.dumps({"file_name": name, "text": prompt, "component": k}))
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / STAMP).write_text(json.dumps(stamp) + "\n")
     return out

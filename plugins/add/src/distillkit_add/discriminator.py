@@ -27,9 +27,12 @@ from distillkit_add.encoders import BackboneTextEncoder, ImageEncoder, OpenCLIPT
 from distillkit_add.features import NETWORKS, build_feature_network, layers_problem, spec_weights_problem
 from distillkit_add.heads import DiscHead
 
-FeatureNetworkName = Literal["dinov2_vits14", "dino_vits16", "clip_vitb16", "dinov2_vitl14", "clip_vitl14", "tiny"]
+FeatureNetworkName = Literal["dinov2_vits14", "dino_vits16", "clip_vitb16", "dinov2_vitl14", "clip_vitl14", "tiny",
+                             "teacher_encoder"]
 ImageEncoderName = Literal["dinov2_vitl14", "same", "dinov2_vits14", "dino_vits16", "clip_vitb16", "clip_vitl14",
-                           "tiny"]
+                           "tiny", "teacher_encoder"]
+#: the frozen teacher UNet's encoder (pixel-space families without a pretrained ViT, such as the toy world)
+TEACHER_ENCODER = "teacher_encoder"
 
 #: how check_assets names a field (the critic's index in the recipe is not known to it)
 FIELD = "critics[*].params.{}"
@@ -78,6 +81,8 @@ class DiscriminatorConfig(pydantic.BaseModel):
     def _layers_in_range(cls, v, info: pydantic.ValidationInfo):
         """Against the chosen network's block count (declared before ``layers``, so already validated)."""
         network = info.data.get("feature_network")
+        if network == TEACHER_ENCODER:  # its depth is the teacher's, known once the model loads
+            return v
         problem = layers_problem(NETWORKS[network], v) if v is not None and network is not None else None
         if problem:
             raise ValueError(problem)
@@ -87,6 +92,8 @@ class DiscriminatorConfig(pydantic.BaseModel):
     def _consistent(self):
         if self.feature_network == "tiny" and self.weights is not None:
             raise ValueError("feature_network = 'tiny' is a random-init test network; remove weights")
+        if self.feature_network == TEACHER_ENCODER and self.weights is not None:
+            raise ValueError("feature_network = 'teacher_encoder' is the teacher's own UNet; remove weights")
         if not self.use_patch_embed and self.layers == []:
             raise ValueError("no discriminator heads: give at least one entry in layers or use_patch_embed = true")
         return self
@@ -103,9 +110,14 @@ class Discriminator(Critic):
     def __init__(self, config: DiscriminatorConfig, env: BuildEnv):
         super().__init__(config, env)
         cfg = config
-        self.net = build_feature_network(cfg.feature_network, cfg.weights, allow_random_init=cfg.allow_random_init,
-                                         layers=cfg.layers, use_patch_embed=cfg.use_patch_embed,
-                                         field=FIELD.format("weights"))
+        if cfg.feature_network == TEACHER_ENCODER:
+            from distillkit_add.teacher_features import TeacherEncoderFeatures
+
+            self.net = TeacherEncoderFeatures(env.backbone, env.resolution, layers=cfg.layers)
+        else:
+            self.net = build_feature_network(cfg.feature_network, cfg.weights,
+                                             allow_random_init=cfg.allow_random_init, layers=cfg.layers,
+                                             use_patch_embed=cfg.use_patch_embed, field=FIELD.format("weights"))
         c_dim = 0
         self.text_encoder: Optional[torch.nn.Module] = None
         if cfg.text_conditioning:
@@ -120,6 +132,10 @@ class Discriminator(Critic):
         if cfg.image_conditioning:
             if cfg.image_encoder == "same":
                 network = self.net
+            elif cfg.image_encoder == TEACHER_ENCODER:
+                from distillkit_add.teacher_features import TeacherEncoderFeatures
+
+                network = TeacherEncoderFeatures(env.backbone, env.resolution)
             else:
                 network = build_feature_network(cfg.image_encoder, cfg.image_encoder_weights,
                                                 allow_random_init=cfg.allow_random_init, layers=[],
@@ -128,19 +144,21 @@ class Discriminator(Critic):
             c_dim += self.image_encoder.dim
         self.c_dim = c_dim
         self.heads = torch.nn.ModuleList(
-            DiscHead(self.net.channels, cfg.head_channels, c_dim, cfg.cmap_dim) for _ in range(self.net.num_taps))
+            DiscHead(channels, cfg.head_channels, c_dim, cfg.cmap_dim)
+            for channels in getattr(self.net, "tap_channels", [self.net.channels] * self.net.num_taps))
         self.to(env.device)
 
     # -- assets --------------------------------------------------------------------------------------
     @classmethod
     def check_assets(cls, config) -> list[str]:
         cfg = config if isinstance(config, DiscriminatorConfig) else DiscriminatorConfig.model_validate(config)
-        problems = [spec_weights_problem(NETWORKS[cfg.feature_network], cfg.weights, cfg.allow_random_init,
-                                         FIELD.format("weights"))]
+        problems = [] if cfg.feature_network == TEACHER_ENCODER else [
+            spec_weights_problem(NETWORKS[cfg.feature_network], cfg.weights, cfg.allow_random_init,
+                                 FIELD.format("weights"))]
         if cfg.text_conditioning and cfg.text_encoder == "open_clip":
             problems.append(open_clip_text_problem(cfg.text_encoder_name, cfg.text_encoder_weights,
                                                    cfg.allow_random_init, FIELD.format("text_encoder_weights")))
-        if cfg.image_conditioning and cfg.image_encoder != "same":
+        if cfg.image_conditioning and cfg.image_encoder not in ("same", TEACHER_ENCODER):
             problems.append(spec_weights_problem(NETWORKS[cfg.image_encoder], cfg.image_encoder_weights,
                                                  cfg.allow_random_init, FIELD.format("image_encoder_weights")))
         return [p for p in problems if p]
