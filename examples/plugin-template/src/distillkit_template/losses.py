@@ -44,7 +44,8 @@ class AnchoredGANConfig(pydantic.BaseModel):
 
 
 class AnchoredGAN(distillkit.Loss):
-    """Diffusion-GAN on noised latents plus a teacher anchor (see the module docstring)."""
+    """Diffusion-GAN on noised latents plus a teacher anchor: the student learns to fool a time-aware
+    discriminator and stays close to the teacher's denoised estimate of its own re-noised sample."""
 
     name = "anchored_gan"
     Config = AnchoredGANConfig
