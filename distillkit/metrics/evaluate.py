@@ -71,7 +71,7 @@ def evaluate(target: str | Path, options: EvalOptions) -> tuple[dict, Path]:
         name = protocol_name(options.per_prompt)
         out = results_path(target, name)
         record = evaluate_toy(backbone, student, steps, options.per_prompt, options.seed,
-                              grid_dir=out.parent)
+                              grid_prefix=out.with_suffix(""))
     else:
         record, name = _evaluate_sd(backbone, student, steps, resolution, options)
         out = results_path(target, name)

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 #: budget keys shown first, in this order, when present (others follow alphabetically)
-BUDGET_ORDER = ("student_updates", "critic_updates", "images_seen", "unet_forward_samples", "backward_passes",
-                "wall_s")
+BUDGET_ORDER = ("student_updates", "critic_updates", "images_seen", "student_samples", "unet_forward_samples",
+                "backward_passes", "wall_s")
 BUDGET_LABELS = {"student_updates": "student updates", "critic_updates": "critic updates",
                  "images_seen": "images seen", "unet_forward_samples": "UNet forwards (samples)",
-                 "backward_passes": "backward passes", "wall_s": "train time"}
+                 "backward_passes": "backward passes", "student_samples": "student samples",
+                 "wall_s": "train time"}
 
 
 def run_dir_of(path: str | Path) -> Optional[Path]:
@@ -72,7 +73,13 @@ def slug(text: str) -> str:
 
 
 def results_path(target: str | Path, protocol_name: str) -> Path:
-    """Where ``distillkit eval`` writes (and ``compare`` reads) the results of ``target`` under a protocol."""
+    """Where ``distillkit eval`` writes (and ``compare`` reads) the results of ``target`` under a protocol:
+    ``<run>/eval/<protocol>.json`` for a run folder, ``<run>/eval/<protocol>-<final|step-N>.json`` for an
+    export or a checkpoint of a run (checkpoint folders are the engine's; nothing is added to them), and
+    ``<target>/eval/<protocol>.json`` for a folder outside any run."""
     target = Path(target)
+    run = run_dir_of(target)
+    if run is not None and run.resolve() != target.resolve():
+        return run / "eval" / f"{slug(protocol_name)}-{slug(target.name)}.json"
     folder = target if target.is_dir() else target.parent
     return folder / "eval" / f"{slug(protocol_name)}.json"

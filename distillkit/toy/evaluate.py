@@ -62,8 +62,9 @@ def save_sample_grid(world, samples: torch.Tensor, prompts: Sequence[str], path:
 
 
 def evaluate_toy(backbone, student, steps: Sequence[int], per_prompt: int = DEFAULT_PER_PROMPT, seed: int = 0,
-                 batch_size: int = 512, grid_dir: Optional[Path] = None) -> dict:
-    """Exact metrics of ``student`` at each step count, with the protocol and the noise floor."""
+                 batch_size: int = 512, grid_prefix: Optional[Path] = None) -> dict:
+    """Exact metrics of ``student`` at each step count, with the protocol and the noise floor; with
+    ``grid_prefix``, a sample grid per step count at ``<grid_prefix>-steps<k>.png``."""
     world = backbone.world
     prompts = world.balanced_prompts(per_prompt)
     name = protocol_name(per_prompt)
@@ -73,8 +74,8 @@ def evaluate_toy(backbone, student, steps: Sequence[int], per_prompt: int = DEFA
         report = toy_metrics(world, samples, prompts)
         entry = {"steps": int(k), "metrics": report.overall, "per_prompt": report.per_prompt,
                  "seconds_per_sample": seconds}
-        if grid_dir is not None:
-            path = save_sample_grid(world, samples, prompts, Path(grid_dir) / f"{name}-steps{k}.png",
+        if grid_prefix is not None:
+            path = save_sample_grid(world, samples, prompts, Path(f"{grid_prefix}-steps{k}.png"),
                                     title=f"{k} step" + ("s" if k != 1 else ""))
             entry["grid"] = str(path)
         results.append(entry)
