@@ -4,21 +4,27 @@
 bookkeeping: seeded per-purpose generators, ``StepContext`` objects, phase-wise ``requires_grad``
 toggling, metrics dicts, non-finite checks, gradient norms, LR schedulers and accelerate's wrappers.
 This script times ``engine.step()`` against a hand-written PyTorch step that does *the same work on the
-same modules* (the engine's own backbone, student UNet, teacher and critic; one ``torch.Generator``),
-so the ratio of the two is the engine's overhead. Target (issue tracker): ratio <= 1.05 on CPU.
+same modules* (the engine's own backbone, student UNet, teacher and critics, reached through its public
+attributes ``engine.student``, ``engine.teacher``, ``engine.critics``, ``engine.trained``,
+``engine.losses``; one ``torch.Generator``), so the ratio of the two is the engine's overhead. Target
+(issue tracker): ratio <= 1.05 on CPU.
 
-Two cases, both on the tiny random-weight SD1.5-shaped fixture:
+Cases, all on the tiny random-weight SD1.5-shaped fixture:
 
 * ``regression``: ``core.regression``, data-free (``student.input = "noise"``), CFG teacher;
 * ``add``: ``add.adversarial`` + ``add.distill`` with a tiny feature network, the backbone's text
-  embedding and the feature network's CLS as discriminator conditioning, on 64x64 shape images.
+  embedding and the feature network's CLS as discriminator conditioning, on 64x64 shape images;
+* ``sid``: ``sid.sid`` with a full-copy ``core.fake_score``: one-step student from σ·z at t = 625, CFG
+  1.5 in the teacher and the fake score, the generator loss through both networks' inputs;
+* ``dmd2``: ``sds.dmd2`` + ``sds.dmd2_gan`` (when the ``sds`` plugin registers them): distribution
+  matching against a full-copy fake score and a GAN head on its bottleneck, on shape images.
 
 The two steps are interleaved (engine, hand, engine, hand, ...) after a warm-up, so slow drifts of a
 shared machine hit both equally; the medians and their ratio are printed as one table. Before timing,
 one step of each is run under a FLOP counter and module call counters to check that the two really
 do the same work; the benchmark refuses to report a ratio when they do not.
 
-    HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py                 # both cases
+    HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py                 # every case
     HF_HUB_OFFLINE=1 python benchmarks/engine_overhead.py --case add --steps 60 --profile 20
 """
 
@@ -41,7 +47,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from distillkit.models.adapters import UNetRef  # noqa: E402
+
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+#: case -> the losses it needs (a case whose plugin is not installed is skipped, and says so)
+CASE_LOSSES = {"regression": ["core.regression"], "add": ["add.adversarial", "add.distill"], "sid": ["sid.sid"],
+               "dmd2": ["sds.dmd2", "sds.dmd2_gan"]}
+CASES = tuple(CASE_LOSSES)
 
 
 # -- recipes -------------------------------------------------------------------------------------------
@@ -86,6 +98,45 @@ def add_recipe(model: Path, images: Path, out: Path, batch_size: int, resolution
     }
 
 
+def sid_recipe(model: Path, out: Path, batch_size: int, resolution: int) -> dict:
+    """SiD-LSG's one-step SD1.5 set-up where it decides the work: the student starts from σ_625·z at
+    t_init = 625, one CFG scale (1.5) for all four of SiD-LSG's scales, so every teacher and fake-score
+    call is a batched cond/uncond pair and the fake score trains with 10 % prompt dropout; the fake score
+    a full copy of the teacher (``core.fake_score`` without ``lora``)."""
+    return {
+        "run": _run_section("bench_sid", out),
+        "model": {"family": "sd15", "pretrained": str(model), "dtype": "float32"},
+        "student": {"timesteps": [625], "input": "noise", "first_input": "sigma_noise",
+                    "optim": {"lr": 1e-5, "betas": [0.0, 0.999]}},
+        "teacher": {"guidance_scale": 1.5},
+        "data": {"prompts": PROMPTS, "resolution": resolution, "batch_size": batch_size},
+        "train": {"device": "cpu", "mixed_precision": "no"},
+        "critics": [{"name": "core.fake_score", "id": "fake_score", "optim": {"lr": 1e-5, "betas": [0.0, 0.999]}}],
+        "losses": [{"name": "sid.sid"}],
+    }
+
+
+def dmd2_recipe(model: Path, images: Path, out: Path, batch_size: int, resolution: int) -> dict:
+    """DMD2's SD1.5 set-up where it decides the work: a one-step student from pure noise at t = 999, the
+    teacher at CFG 1.75, a full-copy fake score trained by ε-MSE, a GAN head (two stride-2 convolutions)
+    on the fake score's bottleneck with real shape images; GAN weights 1e-3 (generator) and 1e-2 (critic).
+    The generator trains every step (``generator_every = 1``; DMD2 updates it every 10th step, which would
+    make the timed steps unequal): one step here is a critic update and a generator update."""
+    optim = {"lr": 1e-5, "betas": [0.9, 0.999]}
+    return {
+        "run": _run_section("bench_dmd2", out),
+        "model": {"family": "sd15", "pretrained": str(model), "dtype": "float32"},
+        "student": {"timesteps": [999], "input": "noise", "optim": optim},
+        "teacher": {"guidance_scale": 1.75},
+        "data": {"images": str(images), "resolution": resolution, "batch_size": batch_size},
+        "train": {"device": "cpu", "mixed_precision": "no"},
+        "critics": [{"name": "core.fake_score", "id": "fake_score", "optim": optim},
+                    {"name": "core.gan_head", "id": "gan_head", "optim": optim, "params": {"num_convs": 2}}],
+        "losses": [{"name": "sds.dmd2"},
+                   {"name": "sds.dmd2_gan", "weight": 1e-3, "critic_weight": 1e-2}],
+    }
+
+
 # -- the hand-written steps ----------------------------------------------------------------------------
 def _adam(params, cfg):
     """A plain Adam with the recipe's settings (the recipes above have no weight decay and no warm-up)."""
@@ -109,10 +160,11 @@ class HandRegression:
     def __init__(self, engine, seed: int = 0):
         r = engine.recipe
         self.backbone, self.teacher, self.data = engine.backbone, engine.teacher, engine.data
-        self.unet = engine.student.unet
-        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.unet = engine.student.unet  # the student's handle on its UNet (its adapter active, for a LoRA student)
+        student = engine.trained["student"]
+        self.params = student.parameters
         self.opt = _adam(self.params, r.student.optim)
-        self.clip = r.student.optim.grad_clip
+        self.clip = student.grad_clip
         self.resolution = r.data.resolution
         (self.t_student,) = engine.student.timesteps
         self.generator = torch.Generator().manual_seed(seed)
@@ -155,17 +207,18 @@ class HandADD:
         self.unet = engine.student.unet
         self.timesteps = torch.tensor(engine.student.timesteps, dtype=torch.long)
         self.zero_terminal_snr = engine.student.zero_terminal_snr
-        (bc,) = engine.critics.values()
-        self.critic = bc.critic
-        self.heads = list(bc.params)
-        self.critic_clip = bc.grad_clip
+        ((cid, self.critic),) = engine.critics.items()
+        heads, student = engine.trained[cid], engine.trained["student"]
+        self.heads = heads.parameters
+        self.critic_clip = heads.grad_clip
         self.critic_opt = _adam(self.heads, r.critics[0].optim)
-        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.params = student.parameters
         self.opt = _adam(self.params, r.student.optim)
-        self.clip = r.student.optim.grad_clip
-        (adv_rl, _), (dist_rl, dist) = engine.losses
-        self.adv_weight, self.dist_weight = float(adv_rl.entry.weight_at(0)), float(dist_rl.entry.weight_at(0))
-        self.dcfg = dist.config
+        self.clip = student.grad_clip
+        adv, dist = engine.losses
+        self.adv_weight, self.dist_weight = float(adv.entry.weight_at(0)), float(dist.entry.weight_at(0))
+        self.critic_weight = float(adv.entry.critic_weight_at(0))
+        self.dcfg = dist.loss.config
         self.resolution = r.data.resolution
         self.generator = torch.Generator().manual_seed(seed)
         self.k = 0
@@ -200,7 +253,7 @@ class HandADD:
         real_logits, fake_logits = disc(real_f, c), disc(fake_f, c)
         d_real, d_fake = Fn.hinge_d_loss(real_logits, fake_logits, reduction)
         d_loss = d_real + d_fake + disc.config.r1_gamma * Fn.r1_penalty(real_logits, real_f)
-        d_loss.backward()
+        (self.critic_weight * d_loss).backward()
         _clip_step_clear(self.critic_opt, self.heads, self.critic_clip)
 
         # generator phase: −Σ D_k on the decoded student sample + λ·distillation to the re-noised teacher
@@ -224,16 +277,184 @@ class HandADD:
         return float(d_loss), float(g_loss)
 
 
+class HandSiD:
+    """``sid.sid`` written out with the plugin's functional code and the engine's teacher and fake score.
+
+    One student call from σ_625·z (shared by both phases, as the engine's default sample policy does).
+    Critic phase: the fake score's denoising loss at κ1 on the detached sample, with prompt dropout.
+    Generator phase, the fake score frozen: x_t = α_t x_g + σ_t ε with the student's graph, the teacher
+    (κ4) and the fake score (κ2) with gradients *through their inputs*, SiD's loss with its weight w.
+    """
+
+    def __init__(self, engine, seed: int = 0):
+        from distillkit_sid import functional as Fn
+        from distillkit_sid import guidance
+
+        self.Fn = Fn
+        r = engine.recipe
+        self.backbone, self.teacher, self.data = engine.backbone, engine.teacher, engine.data
+        self.unet = engine.student.unet
+        (self.t_init,) = engine.student.timesteps
+        ((cid, self.fake),) = engine.critics.items()
+        fake, student = engine.trained[cid], engine.trained["student"]
+        self.fake_params, self.fake_clip = fake.parameters, fake.grad_clip
+        self.fake_opt = _adam(self.fake_params, r.critics[0].optim)
+        self.params, self.clip = student.parameters, student.grad_clip
+        self.opt = _adam(self.params, r.student.optim)
+        (bl,) = engine.losses
+        c = self.cfg = bl.loss.config
+        self.scales = guidance.resolve(c.guidance, engine.teacher.guidance_scale, c.fake_train_scale, c.fake_scale,
+                                       c.teacher_scale, c.prompt_dropout)
+        self.resolution = r.data.resolution
+        self.generator = torch.Generator().manual_seed(seed)
+        self.k = 0
+
+    def step(self) -> tuple[float, float]:
+        Fn, bb, g, c, s = self.Fn, self.backbone, self.generator, self.cfg, self.scales
+        sched = bb.schedule
+        prompts = self.data.batch(self.k)["prompts"]
+        self.k += 1
+        n = len(prompts)
+        with torch.no_grad():
+            cond = bb.encode_prompts(prompts, self.resolution)
+            uncond = bb.empty_conditioning(n, self.resolution)
+
+        # the student's one step from σ_τ1·z at τ1 = t_init, with its graph
+        z = torch.randn(bb.sample_shape(n, self.resolution), generator=g)
+        t_s = torch.full((n,), self.t_init, dtype=torch.long)
+        x_g = bb.denoise(self.unet, sched.coefficients(t_s[:1], z)[1] * z, t_s, cond).x0
+
+        # critic phase: the fake score's DSM on the detached sample, prompt dropout, CFG scale κ1
+        x0 = x_g.detach().float()
+        t = sched.sample_timesteps(n, c.t_min, c.t_max, generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        fcond = cond.where(torch.rand(n, generator=g) < s.dropout, uncond) if s.dropout > 0 else cond
+        eps_pred = self.fake.predict(sched.add_noise(x0, eps, t), t, fcond, uncond, scale=s.fake_train).eps
+        d_loss = Fn.fake_score_loss(eps_pred, eps, c.fake_loss_scale)
+        d_loss.backward()
+        _clip_step_clear(self.fake_opt, self.fake_params, self.fake_clip)
+
+        # generator phase: through both frozen networks' inputs
+        for p in self.fake_params:
+            p.requires_grad_(False)
+        x_g = x_g.float()
+        t = sched.sample_timesteps(n, c.t_min, c.t_max, generator=g)
+        x_t = sched.add_noise(x_g, torch.randn(x_g.shape, generator=g), t)
+        y_real = self.teacher.predict(x_t, t, cond, uncond, scale=s.teacher).x0
+        y_fake = self.fake.predict(x_t, t, cond, uncond, scale=s.fake).x0
+        w = Fn.weight_factor(x_g, y_real, c.weight_floor)
+        g_loss = Fn.sid_generator_loss(x_g, y_real, y_fake, c.alpha, c.lsg, weight=w)
+        g_loss.backward()
+        _clip_step_clear(self.opt, self.params, self.clip)
+        for p in self.fake_params:
+            p.requires_grad_(True)
+        return float(d_loss), float(g_loss)
+
+
+class HandDMD2:
+    """``sds.dmd2`` + ``sds.dmd2_gan`` written out with the plugin's functional code and the engine's teacher,
+    fake score and GAN head.
+
+    One student call from noise at t = 999, shared by both phases. Critic phase, one backward for both
+    critics (each then steps its own optimiser): the fake score's ε-MSE on the detached sample, plus the
+    critic weight × the head's logistic loss on real and student latents, each noised with its own t and
+    ε and read through the fake score's encoder. Generator phase, both critics frozen: DMD2's direction
+    from the teacher's and the fake score's x̂0 (no gradient through either) in the surrogate, plus the
+    GAN weight × softplus(−D) of the noised sample through the frozen encoder and head.
+    """
+
+    def __init__(self, engine, seed: int = 0):
+        from distillkit_sds import functional as Fn
+
+        self.Fn = Fn
+        r = engine.recipe
+        self.backbone, self.teacher, self.data = engine.backbone, engine.teacher, engine.data
+        self.unet = engine.student.unet
+        (self.t_student,) = engine.student.timesteps
+        self.fake, self.head = engine.critics["fake_score"], engine.critics["gan_head"]
+        self.critics = [(t.parameters, _adam(t.parameters, r.critics[i].optim), t.grad_clip)
+                        for i, t in enumerate((engine.trained["fake_score"], engine.trained["gan_head"]))]
+        student = engine.trained["student"]
+        self.params, self.clip = student.parameters, student.grad_clip
+        self.opt = _adam(self.params, r.student.optim)
+        dm, gan = engine.losses
+        self.dm, self.gan = dm.loss.config, gan.loss.config
+        self.gan_weight, self.gan_critic_weight = float(gan.entry.weight_at(0)), float(gan.entry.critic_weight_at(0))
+        self.dm_weight, self.dm_critic_weight = float(dm.entry.weight_at(0)), float(dm.entry.critic_weight_at(0))
+        self.resolution = r.data.resolution
+        self.generator = torch.Generator().manual_seed(seed)
+        self.k = 0
+
+    def _logits(self, x: torch.Tensor, cond) -> torch.Tensor:
+        sched, g = self.backbone.schedule, self.generator
+        t = sched.sample_timesteps(x.shape[0], self.gan.t_min, self.gan.t_max, generator=g)
+        x_t = sched.add_noise(x, torch.randn(x.shape, generator=g), t)
+        return self.head(self.fake.features(x_t, t, cond).mid)
+
+    def step(self) -> tuple[float, float]:
+        Fn, bb, g, dm = self.Fn, self.backbone, self.generator, self.dm
+        sched = bb.schedule
+        raw = self.data.batch(self.k)
+        self.k += 1
+        prompts, n = raw["prompts"], len(raw["prompts"])
+        with torch.no_grad():
+            cond = bb.encode_prompts(prompts, self.resolution)
+            uncond = bb.empty_conditioning(n, self.resolution)
+            real_x0 = bb.encode_images(raw["pixels"])
+
+        z = torch.randn(bb.sample_shape(n, self.resolution), generator=g)
+        x = bb.denoise(self.unet, z, torch.full((n,), self.t_student, dtype=torch.long), cond).x0
+
+        # critic phase: fake score and head in one backward, each its own optimiser step
+        x0 = x.detach().float()
+        t = sched.sample_timesteps(n, dm.fake_t_min, dm.fake_t_max, generator=g)
+        dsm = self.fake.denoising_loss(x0, t, torch.randn(x0.shape, generator=g), cond, reduction="mean")
+        d_real, d_fake = Fn.dmd2_discriminator_gan(self._logits(real_x0.float(), cond), self._logits(x0, cond))
+        d_loss = self.dm_critic_weight * dsm + self.gan_critic_weight * (d_real + d_fake)
+        d_loss.backward()
+        for params, opt, clip in self.critics:
+            _clip_step_clear(opt, params, clip)
+
+        # generator phase: both critics frozen
+        frozen = [p for params, _, _ in self.critics for p in params]
+        for p in frozen:
+            p.requires_grad_(False)
+        t = sched.sample_timesteps(n, dm.t_min, dm.t_max, generator=g)
+        x_t = sched.add_noise(x.detach().float(), torch.randn(x.shape, generator=g), t)
+        with torch.no_grad():
+            eps_teacher = self.teacher.predict(x_t, t, cond, uncond, scale=dm.guidance_scale).eps
+            eps_fake = self.fake.predict(x_t, t, cond, uncond, scale=dm.fake_guidance_scale).eps
+            alpha, sigma = sched.alpha(t), sched.sigma(t)  # float64, as the loss
+            direction = Fn.dmd_direction(x, Fn.x0_from_eps_float64(x_t, eps_teacher, alpha, sigma),
+                                         Fn.x0_from_eps_float64(x_t, eps_fake, alpha, sigma))
+            direction = Fn.clean_direction(direction.float(), dm.grad_clamp, dm.nan_to_num)
+        dm_loss = Fn.surrogate_loss(x, direction, dm.reduction)
+        g_gan = Fn.dmd2_generator_gan(self._logits(x.float(), cond))
+        g_loss = self.dm_weight * dm_loss + self.gan_weight * g_gan
+        g_loss.backward()
+        _clip_step_clear(self.opt, self.params, self.clip)
+        for p in frozen:
+            p.requires_grad_(True)
+        return float(d_loss), float(g_loss)
+
+
 # -- checking that both do the same work ----------------------------------------------------------------
 def _modules(engine) -> dict[str, torch.nn.Module]:
+    """The networks whose forward calls are counted, by name (a shared base is one module: its calls are
+    the teacher's and every adapter role's together)."""
     bb = engine.backbone
-    mods = {"student unet": engine.student.unet, "teacher unet": engine.teacher.unet,
+    mods = {"student unet": engine.student.unet.module, "teacher unet": engine.teacher.unet.module,
             "text encoder": bb.text_encoder, "vae encoder": bb.vae.encoder, "vae decoder": bb.vae.decoder}
-    for bc in engine.critics.values():
-        mods["feature net"] = bc.critic.net
-        mods["disc heads"] = bc.critic.heads[0]
-        if bc.critic.image_encoder is not None:
-            mods["image encoder"] = bc.critic.image_encoder
+    for cid, critic in engine.critics.items():
+        if hasattr(critic, "heads"):  # add.discriminator
+            mods["feature net"] = critic.net
+            mods["disc heads"] = critic.heads[0]
+            if critic.image_encoder is not None:
+                mods["image encoder"] = critic.image_encoder
+        elif isinstance(getattr(critic, "unet", None), UNetRef):  # core.fake_score: calls of its network
+            mods[f"{cid} unet"] = critic.unet.module
+        else:  # a head of its own (core.gan_head)
+            mods[cid] = critic
     return mods
 
 
@@ -302,18 +523,21 @@ def check_same_work(engine, hand) -> str:
 
 
 # -- timing -------------------------------------------------------------------------------------------
-def interleaved(engine, hand, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved(engine, hand, steps: int, warmup: int, clock=time.perf_counter) -> tuple[list[float], list[float]]:
     """engine, hand, engine, hand, ...: ``warmup`` untimed pairs, then ``steps`` timed pairs."""
     for _ in range(warmup):
         engine.step()
         hand.step()
     t_eng, t_hand, nonfinite = [], [], 0
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         metrics = engine.step()
-        t1 = time.perf_counter()
+        t1 = clock()
         hand.step()
-        t2 = time.perf_counter()
+        t2 = clock()
         t_eng.append(t1 - t0)
         t_hand.append(t2 - t1)
         nonfinite += "nonfinite" in metrics
@@ -370,6 +594,14 @@ def build_case(case: str, tmp: Path, fixtures: dict, args):
         recipe = regression_recipe(fixtures["model"], out, args.batch_size, args.resolution)
         engine = Engine.from_recipe(recipe).setup()
         return engine, HandRegression(engine, seed=args.seed)
+    if case == "dmd2":
+        recipe = dmd2_recipe(fixtures["model"], fixtures["images"], out, args.batch_size, args.resolution)
+        engine = Engine.from_recipe(recipe).setup()
+        return engine, HandDMD2(engine, seed=args.seed)
+    if case == "sid":
+        recipe = sid_recipe(fixtures["model"], out, args.batch_size, args.resolution)
+        engine = Engine.from_recipe(recipe).setup()
+        return engine, HandSiD(engine, seed=args.seed)
     recipe = add_recipe(fixtures["model"], fixtures["images"], out, args.batch_size, args.resolution)
     engine = Engine.from_recipe(recipe).setup()
     return engine, HandADD(engine, seed=args.seed)
@@ -382,9 +614,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed pairs before timing")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resolution", type=int, default=64, help="pixels (the latents are 1/8 of it)")
-    p.add_argument("--case", choices=["regression", "add", "all"], default="all")
+    p.add_argument("--case", choices=[*CASES, "all"], default="all")
     p.add_argument("--seed", type=int, default=0, help="seed of the hand-written step's one generator")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall: elapsed time (the target's measure, on an idle machine); cpu: CPU seconds of this "
+                        "process, which other jobs on a shared machine disturb far less (use with --threads 1: "
+                        "waiting OpenMP threads spin and are charged CPU time)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, cProfile N more steps of each and print where the engine's extra time goes")
     args = p.parse_args(argv)
@@ -406,8 +642,18 @@ def main(argv=None) -> int:
     from distillkit.testing.shapes import write_shapes_dataset
     from distillkit.testing.tiny import build_tiny_sd15
 
-    cases = ["regression", "add"] if args.case == "all" else [args.case]
-    rows, notes, profiles = [], [], []
+    from distillkit.registry import Registry
+
+    installed = set(Registry.discover().losses)
+    cases, notes = [], []
+    for case in (CASES if args.case == "all" else (args.case,)):
+        missing = [name for name in CASE_LOSSES[case] if name not in installed]
+        if missing:
+            notes.append(f"{case}: skipped, {', '.join(missing)} not installed")
+        else:
+            cases.append(case)
+    rows, profiles = [], []
+    load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as d:
         tmp = Path(d)
@@ -417,7 +663,7 @@ def main(argv=None) -> int:
         for case in cases:
             engine, hand = build_case(case, tmp, fixtures, args)
             notes.append(f"{case}: {check_same_work(engine, hand)}")
-            t_eng, t_hand = interleaved(engine, hand, args.steps, args.warmup)
+            t_eng, t_hand = interleaved(engine, hand, args.steps, args.warmup, CLOCKS[args.clock])
             m_eng, m_hand = statistics.median(t_eng), statistics.median(t_hand)
             # the ratio of medians, and the median of per-pair ratios (robust to slow drifts of the machine)
             paired = statistics.median(a / b for a, b in zip(t_eng, t_hand))
@@ -427,7 +673,10 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t_start
 
     print(f"engine overhead: batch {args.batch_size}, {args.resolution}x{args.resolution}, {args.steps} timed steps "
-          f"after {args.warmup} warm-up, interleaved; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"after {args.warmup} warm-up, interleaved, {args.clock} clock; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; "
+          f"1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+          f"{os.cpu_count()} CPUs")
     for n in notes:
         print(f"  same work  {n}")
     head = (f"{'case':<11} {'engine s/step':>14} {'(p25-p75)':>17} {'hand s/step':>12} {'(p25-p75)':>17} "
