@@ -22,10 +22,11 @@ from distillkit.engine.build import build_roles
 from distillkit.engine.memory import apply_savers, make_ema
 from distillkit.engine.outputs import write_samples
 from distillkit.engine.rundir import RunFolder
+from distillkit.engine.sharding import consolidated, plain_student
 from distillkit.engine.state import read_state, restore_counters, write_state
 from distillkit.engine.step import Batch, PhaseLoss, StepRunner
 from distillkit.engine.trained import only_trainable
-from distillkit.errors import DistillkitError, NonFiniteLossError, RunFolderError
+from distillkit.errors import DistillkitError, NonFiniteLossError, RecipeError, RunFolderError
 from distillkit.files import give_ordinary_mode, writing
 from distillkit.losses.base import Phase
 
@@ -131,9 +132,19 @@ class Engine:
         self.runner = StepRunner(roles, r, acc, self.data, self.counters)
         self._count_unet_passes(roles)
         self._maybe_resume(recipe_text)
+        self._shard(roles, acc)  # after the restore: checkpoints hold whole networks (engine/sharding.py)
         self._is_setup = True
         self.pm.hook.on_setup(engine=self)
         return self
+
+    def _shard(self, roles, acc) -> None:
+        from distillkit.engine import sharding
+
+        mode = sharding.requested_mode(self.recipe, acc)
+        problem = sharding.check(self.recipe, mode)
+        if problem:
+            raise RecipeError([problem], self.resolved.source)
+        self.sharded = sharding.shard_roles(roles, self.trained, self.ema, acc, mode, acc.prepare)
 
     def _check_precision(self, acc) -> None:
         want = self.recipe.train.mixed_precision
@@ -330,13 +341,14 @@ class Engine:
     def save_checkpoint(self) -> Path | None:
         self.setup()
         self.accelerator.wait_for_everyone()
+        trained, critics, ema = consolidated(self.trained, self.critics, self.ema)  # sharded: gathered by all
         if not self.is_main:
             return None
         start.hold_folder(self)
         info = {"step": self.global_step, "nonfinite_streak": self._nonfinite_streak, "counters": self.counters}
         scaler = getattr(self.accelerator, "scaler", None)
         path = self.folder.checkpoints.write(self.global_step, lambda tmp: write_state(
-            tmp, self.trained, self.critics, self.ema, scaler, info, self._recipe_text))
+            tmp, trained, critics, ema, scaler, info, self._recipe_text))
         self.pm.hook.on_checkpoint(engine=self, step=self.global_step, path=path)
         return path
 
@@ -387,12 +399,14 @@ class Engine:
 
         self.setup()
         self.accelerator.wait_for_everyone()
-        if not self.is_main:
-            return None
-        start.hold_folder(self)
-        with self._ema_weights(True), writing("the exported student", self.folder.final):
-            path = write_final(self.backbone, self.student, self.folder.final, base=self.recipe.model.pretrained,
-                               step=self.global_step, resolution=self.recipe.data.resolution)
+        with self._ema_weights(True):
+            student = plain_student(self.student, self.backbone)  # sharded: gathered by every process
+            if not self.is_main:
+                return None
+            start.hold_folder(self)
+            with writing("the exported student", self.folder.final):
+                path = write_final(self.backbone, student, self.folder.final, base=self.recipe.model.pretrained,
+                                   step=self.global_step, resolution=self.recipe.data.resolution)
             give_ordinary_mode(Path(path).rglob("*.safetensors"), Path(path))  # safetensors writes them 0600
         return path
 

@@ -185,6 +185,10 @@ class TrainConfig(Section):
         "default", description="attention of every UNet/VAE: 'sdpa' (fused, no attention matrix kept), 'eager' "
                                "(the classic one), 'default' (as the model was loaded)")
     compile: bool = Field(False, description="torch.compile the UNets (slow first steps, faster later ones)")
+    sharding: Literal["none", "zero2", "zero3"] = Field(
+        "none", description="shard the full-copy trained UNets over the processes (FSDP2, one unit per UNet block): "
+                            "'zero3' re-shards weights after each forward, 'zero2' keeps them until the backward; "
+                            "an accelerate FSDP/DeepSpeed config file selects the same")
 
 
 class CriticEntry(Section):

@@ -1,7 +1,9 @@
 """Two processes (gloo on CPU) through `accelerate launch` compute exactly what one process computes.
 
-One launch runs two steps of ADD (student + discriminator) and of data-free `core.regression` (with EMA)
-on 2 processes, batch 1 each, writing a checkpoint after step 1. Then, in this process:
+One launch runs two steps of ADD (student + discriminator), of SiD (student + full fake score), of
+data-free `core.regression` (with EMA) and
+of the same with the student sharded (`train.sharding = "zero3"`, FSDP2 per UNet block) on 2 processes,
+batch 1 each, writing a checkpoint after step 1. Then, in this process:
 
 * 1 process with the same global batch (batch 1, 2 accumulation steps) from scratch must end each step
   with the same weights, critic buffers and gradient norm (float tolerance) — which holds only if
@@ -36,13 +38,16 @@ SCRIPT = textwrap.dedent('''
     from safetensors.torch import save_file
     from distillkit import Engine
 
+    from distillkit.engine.sharding import consolidated
+
     def weights(engine):
+        trained, critics, ema = consolidated(engine.trained, engine.critics, engine.ema)  # gathers shards
         out = {}
-        for name, t in engine.trained.items():
-            state = engine.critics[name].trainable_state_dict() if t.kind == "critic" else t.state_dict()
+        for name, t in trained.items():
+            state = critics[name].trainable_state_dict() if t.kind == "critic" else t.state_dict()
             out.update({f"{name}/{k}": v.detach().float().contiguous().clone() for k, v in state.items()})
-        if engine.ema is not None:
-            out.update({f"ema/{k}": v.clone() for k, v in engine.ema.state_dict().items()})
+        if ema is not None:
+            out.update({f"ema/{k}": v.clone() for k, v in ema.state_dict().items()})
         return out
 
     for recipe in json.load(open(sys.argv[1])):
@@ -54,7 +59,7 @@ SCRIPT = textwrap.dedent('''
             norms.append({m: v for m, v in metrics.items() if m.startswith("grad_norm/")})
             save_file(weights(engine), f"{out}/weights-{k}-rank{rank}.safetensors")
         if engine.is_main:
-            json.dump({"world": engine.accelerator.num_processes, "norms": norms,
+            json.dump({"world": engine.accelerator.num_processes, "norms": norms, "sharded": engine.sharded,
                        "prompts": engine.data.batch(0)["prompts"]}, open(out + "/mp.json", "w"))
     engine.accelerator.end_training()
 ''')
@@ -88,6 +93,25 @@ def add_recipe(model, images, out):
                      "params": {"feature_network": "tiny", "text_encoder": "backbone", "image_encoder": "same",
                                 "crop_prob": 0.0}}],
         "losses": [{"name": "add.adversarial"}, {"name": "add.distill", "weight": 2.5}],
+    }
+
+
+def sid_recipe(model, out):
+    """SiD as recipes/sid_sd15.toml trains it (one-step generator from σ·z at t = 625, a full fake score
+    updated first, a fresh student sample in the generator phase), on the tiny model."""
+    return {
+        "run": {"output_dir": str(out), "max_steps": 2, "checkpoint_every": 1, "sample_every": 0,
+                "progress": False},
+        "model": {"family": "sd15", "pretrained": str(model)},
+        "student": {"timesteps": [625], "input": "noise", "first_input": "sigma_noise",
+                    "optim": {"lr": 1e-4, "betas": [0.0, 0.999], "eps": 1e-4, "grad_clip": 0.0}},
+        "teacher": {"guidance_scale": 2.0},
+        "data": {"prompts": ["a red circle", "a blue square", "a green triangle", "a yellow circle"],
+                 "resolution": 32, "batch_size": 1},
+        "train": {"device": "cpu", "generator_sample": "fresh"},
+        "critics": [{"name": "core.fake_score", "id": "fake_score",
+                     "optim": {"lr": 1e-4, "betas": [0.0, 0.999], "eps": 1e-4, "grad_clip": 0.0}}],
+        "losses": [{"name": "sid.sid"}],
     }
 
 
@@ -130,8 +154,11 @@ def two_process_runs(tiny_sd15_path, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mp")
     images = write_shapes_dataset(root / "shapes", n=8, size=64)
+    zero3 = regression_recipe(tiny_sd15_path, root / "zero3")
+    zero3["train"]["sharding"] = "zero3"  # the full student sharded per UNet block (FSDP2 on gloo)
     recipes = {"regression": regression_recipe(tiny_sd15_path, root / "regression"),
-               "add": add_recipe(tiny_sd15_path, images, root / "add")}
+               "add": add_recipe(tiny_sd15_path, images, root / "add"), "sid": sid_recipe(tiny_sd15_path, root / "sid"),
+               "zero3": zero3}
     for r in recipes.values():
         os.makedirs(r["run"]["output_dir"])
     (root / "recipes.json").write_text(json.dumps(list(recipes.values())))
@@ -145,12 +172,13 @@ def two_process_runs(tiny_sd15_path, tmp_path_factory):
     return recipes
 
 
-@pytest.mark.parametrize("case", ["regression", "add"])
+@pytest.mark.parametrize("case", ["regression", "add", "sid", "zero3"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(two_process_runs, case, tmp_path):
     recipe = two_process_runs[case]
     out = recipe["run"]["output_dir"]
     info = json.loads(open(f"{out}/mp.json").read())
     assert info["world"] == 2
+    assert info["sharded"] == (["student"] if case == "zero3" else [])
     for k in (1, 2):
         a, b = load_file(f"{out}/weights-{k}-rank0.safetensors"), load_file(f"{out}/weights-{k}-rank1.safetensors")
         assert all(torch.equal(a[n], b[n]) for n in a), "the ranks diverged: gradients were not averaged"
@@ -169,7 +197,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(two_process_
             assert metrics[name] == pytest.approx(norm, rel=1e-4), f"{case} step {k}: {name}"
 
 
-@pytest.mark.parametrize("case", ["regression", "add"])
+@pytest.mark.parametrize("case", ["regression", "add", "sid", "zero3"])
 def test_checkpoint_from_two_processes_resumes_on_one(two_process_runs, case, tmp_path):
     recipe = two_process_runs[case]
     out = recipe["run"]["output_dir"]
