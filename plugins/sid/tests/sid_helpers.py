@@ -31,9 +31,10 @@ def build_roles(backbone, teacher_scale: float = 2.0, timesteps=(625,), fake_lor
     return Roles(backbone, teacher, student, FakeScore(config, env))
 
 
-def context(roles: Roles, phase: Phase, x0: torch.Tensor, seed: int = 0, extra_critics=None) -> StepContext:
+def context(roles: Roles, phase: Phase, x0: torch.Tensor, seed: int = 0, extra_critics=None,
+            real_x0=None) -> StepContext:
     b = roles.backbone
-    return StepContext(
+    return StepContext(real_x0=real_x0, 
         phase=phase, step=0, backbone=b, teacher=roles.teacher, student=roles.student, prompts=PROMPTS,
         cond=b.encode_prompts(PROMPTS, RES), uncond=b.empty_conditioning(len(PROMPTS), RES), resolution=RES,
         student_x0=x0, student_t=torch.full((x0.shape[0],), 625), student_input=x0.detach(),

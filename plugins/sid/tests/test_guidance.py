@@ -86,6 +86,15 @@ def test_lsg_runs_both_branches_of_both_networks_and_drops_prompts_for_the_fake(
     assert nothing[0][2] == [False, False, True, True]
 
 
+def test_the_fake_score_trains_at_kappa1_and_is_used_at_kappa2(tiny_sd15):
+    roles = build_roles(tiny_sd15, teacher_scale=2.0)
+    params = {"fake_train_scale": 1.0, "fake_scale": 3.0, "teacher_scale": 1.0, "prompt_dropout": 0.0}
+    (train,) = _critic_calls(roles, params)
+    assert train[2] == [False, False]  # κ1 = 1: the prompts alone
+    used = [c for c in _generator_calls(roles, params) if c[0] == "fake"]
+    assert used[0][2] == [False, False, True, True]  # κ2 = 3: both branches
+
+
 def test_plain_scales_call_one_branch(tiny_sd15):
     roles = build_roles(tiny_sd15, teacher_scale=1.0)
     calls = _generator_calls(roles, {})
