@@ -85,8 +85,8 @@ def main() -> None:
     for name, model, (n, lora), teacher, student, fake, note in layouts:
         r = row(n, lora, teacher, student, fake)
         parts = f"({r['weights'] / gb:.2f} + {r['grads'] / gb:.2f} + {r['adam'] / gb:.2f})"
-        print(f"{name:42} {model:11} {r['copies']:>6} {r['total'] / gb:>9.2f}  {parts:24} {r['peak_grads'] / gb:>10.2f}  "
-              f"{note.format(ema=4 * n / gb)}")
+        print(f"{name:42} {model:11} {r['copies']:>6} {r['total'] / gb:>9.2f}  {parts:24} "
+              f"{r['peak_grads'] / gb:>10.2f}  {note.format(ema=4 * n / gb)}")
 
 
 if __name__ == "__main__":
