@@ -325,7 +325,8 @@ class Engine:
             raise
         finally:
             if self.is_main and self._is_setup:
-                self.folder.metrics.write({"event": "end", "status": status, "step": self.global_step})
+                self.folder.metrics.write({"event": "end", "status": status, "step": self.global_step},
+                                          required=status != "failed")
             self.pm.hook.on_run_end(engine=self, status=status)
             self.accelerator.wait_for_everyone()
             self.close()

@@ -13,6 +13,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -46,20 +47,28 @@ class MetricsLog:
         except FileNotFoundError:
             return True
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, required: bool = True) -> None:
+        """Append ``record``. A failed write is a RunFolderError, or only a warning when not ``required``
+        (the end event of a run that is failing anyway: its own message must not be hidden)."""
+        from distillkit.errors import RunFolderError
         from distillkit.files import writing
 
         clean = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in record.items()}
         clean.setdefault("time", time.time())
         line = json.dumps(clean, allow_nan=True) + "\n"
-        with writing("the metrics log", self.path):
-            if not self._checked_end:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                if not self._ends_cleanly():  # a cut-off line of a killed run: finish it, start anew
-                    line = "\n" + line
-                self._checked_end = True
-            with self.path.open("a") as f:
-                f.write(line)
+        try:
+            with writing("the metrics log", self.path):
+                if not self._checked_end:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    if not self._ends_cleanly():  # a cut-off line of a killed run: finish it, start anew
+                        line = "\n" + line
+                    self._checked_end = True
+                with self.path.open("a") as f:
+                    f.write(line)
+        except RunFolderError as exc:
+            if required:
+                raise
+            logging.getLogger("distillkit").warning("%s", exc)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

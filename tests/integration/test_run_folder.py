@@ -207,22 +207,29 @@ def test_a_full_disk_during_a_checkpoint_is_one_message_and_resume_recovers(tiny
                                                                             monkeypatch):
     import distillkit.engine.state as state
 
-    real = state.save_file
+    real_save, real_open, full = state.save_file, Path.open, []
 
-    def full_at_step_4(tensors, path, *a, **k):
+    def save_until_full(tensors, path, *a, **k):
         if "step-00000004" in str(path):
+            full.append(path)  # from here on every write fails, as on a real full disk
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(tensors, path, *a, **k)
+        return real_save(tensors, path, *a, **k)
+
+    def open_until_full(self, mode="r", *a, **k):
+        if full and any(c in mode for c in "wax"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_open(self, mode, *a, **k)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(state, "save_file", full_at_step_4)
+    monkeypatch.setattr(state, "save_file", save_until_full)
+    monkeypatch.setattr(Path, "open", open_until_full)
     with pytest.raises(RunFolderError) as err:
         Engine.from_recipe(recipe(tiny_sd15_path, out)).fit(export=False)
-    msg = str(err.value)
+    msg = str(err.value)  # the checkpoint's message, not the end event's that failed after it
     assert "checkpoint step-00000004" in msg and "the disk is full" in msg
     assert "the last complete checkpoint is step-00000002" in msg
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"], "a partial write was left"
-    monkeypatch.setattr(state, "save_file", real)
+    monkeypatch.undo()
 
     resumed = Engine.from_recipe(recipe(tiny_sd15_path, out))
     resumed.fit(export=False)
@@ -249,3 +256,16 @@ def test_checkpoint_and_exported_weights_have_the_mode_of_every_other_file(tiny_
     weights = list((out / "checkpoints").rglob("*.safetensors")) + list((out / "final").rglob("*.safetensors"))
     assert weights and {f.stat().st_mode & 0o777 for f in weights} == {mode}
     assert not (out / "run.lock").exists(), "fit() released the folder"
+
+
+def test_fit_releases_the_folder_and_a_stale_engine_cannot_write_into_it_again(tiny_sd15_path, tmp_path):
+    out = tmp_path / "run"
+    first = Engine.from_recipe(recipe(tiny_sd15_path, out, max_steps=2))
+    first.fit(export=False)
+    assert not (out / "run.lock").exists()
+    second = Engine.from_recipe(recipe(tiny_sd15_path, out))  # the folder is free for the next start
+    second.fit(export=False)
+    assert second.global_step == 4
+    with pytest.raises(RunFolderError, match="has moved on to step 4 since this engine \\(at step 2\\)"):
+        first.step()
+    assert fmt.latest_checkpoint(out / "checkpoints").name == "step-00000004"
