@@ -90,3 +90,10 @@ def test_a_tracker_without_its_package_is_one_message_before_any_model_loads(tin
                                           "wandb"):
         engine.setup()
     assert not hasattr(engine, "backbone") and not out.exists()
+
+
+def test_a_misspelt_tracker_is_a_recipe_problem_with_a_suggestion(tiny_sd15_path, tmp_path):
+    from distillkit.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="log.report_to\\[0\\]: must be one of .*did you mean 'tensorboard'"):
+        load_recipe(recipe(tiny_sd15_path, tmp_path / "run", log={"report_to": ["tensorbaord"]}))
