@@ -116,7 +116,9 @@ class StepRunner:
             return self.roles.student.training_sample(
                 r.student.input, batch.cond, shape, self.generator(step, "student", purpose, shard=batch.shard),
                 real_x0=batch.real_x0, device=acc.device, dtype=torch.float32,
-                shared_generator=self.generator(step, "student", purpose, shared=True))
+                # one few-step index k per step: for every process, micro-batch and phase (SiD's code draws
+                # one k per iteration, also when the generator phase draws a fresh sample)
+                shared_generator=self.generator(step, "student", "k", shared=True))
 
     # -- losses --------------------------------------------------------------------------------------
     def context(self, phase: Phase, step: int, batch: Batch, sample: Callable[[], StudentSample], bl: BoundLoss,

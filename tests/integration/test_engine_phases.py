@@ -48,12 +48,12 @@ class Record(distillkit.Loss):
     seen: list = []
 
     def generator_loss(self, ctx):
-        Record.seen.append(("generator", ctx.step, ctx.student_x0.detach().clone()))
+        Record.seen.append(("generator", ctx.step, ctx.student_x0.detach().clone(), ctx.student_t.clone()))
         val = ctx.critic(ctx.student_x0).mean() + ctx.student_x0.pow(2).mean()
         return LossOutput(val)
 
     def critic_loss(self, ctx):
-        Record.seen.append(("critic", ctx.step, ctx.student_x0.clone()))
+        Record.seen.append(("critic", ctx.step, ctx.student_x0.clone(), ctx.student_t.clone()))
         return LossOutput(ctx.critic(ctx.student_x0).pow(2).mean())
 
 
@@ -141,11 +141,14 @@ def test_sample_policy_shares_or_redraws_the_generator_sample(tiny_sd15_path, tm
     Record.seen.clear()
     e = make(tiny_sd15_path, tmp_path / policy, [{"name": "fake.record"}], critics=("linear",),
              train__device="cpu", train__generator_sample=policy)
-    e.step()
-    (p1, _, x_critic), (p2, _, x_gen) = Record.seen
-    assert (p1, p2) == ("critic", "generator")
-    assert not x_critic.requires_grad
-    assert torch.equal(x_critic, x_gen) == (policy == "shared")
+    for _ in range(6):
+        e.step()
+    for (p1, s1, x_critic, t_critic), (p2, s2, x_gen, t_gen) in zip(Record.seen[::2], Record.seen[1::2]):
+        assert (p1, p2) == ("critic", "generator") and s1 == s2
+        assert not x_critic.requires_grad
+        assert torch.equal(x_critic, x_gen) == (policy == "shared")
+        assert torch.equal(t_critic, t_gen), "one few-step index k per step, for both phases"
+    assert len({int(t[0]) for _, _, _, t in Record.seen}) == 2, "k varies between steps"
 
 
 def test_critic_first_false_runs_the_generator_phase_first(tiny_sd15_path, tmp_path):
@@ -153,7 +156,7 @@ def test_critic_first_false_runs_the_generator_phase_first(tiny_sd15_path, tmp_p
     e = make(tiny_sd15_path, tmp_path / "g", [{"name": "fake.record"}], critics=("linear",),
              train__device="cpu", train__critic_first=False)
     e.step()
-    assert [p for p, _, _ in Record.seen] == ["generator", "critic"]
+    assert [r[0] for r in Record.seen] == ["generator", "critic"]
     # shared sample: the critic sees what the student produced *before* its update in this step
     assert torch.equal(Record.seen[0][2], Record.seen[1][2])
 
