@@ -84,7 +84,9 @@ def find_and_load(engine, recipe_text: str, allow_changes: bool) -> Resumed:
         return Resumed(path, engine.global_step, rejected)
     if rejected:
         listing = "\n".join(f"  - {p.name}: {why}" for p, why in rejected)
+        settings = any(why.startswith("written with other settings") for _, why in rejected)
         raise RunFolderError(
             f"none of the {len(rejected)} checkpoints in {root} can be used:\n{listing}\nNothing was changed. Move "
-            f"them out of the folder to start afresh, or pass --allow-changes if only the settings differ.")
+            f"them out of the folder to start afresh" + (", or pass --allow-changes to resume with the new settings"
+                                                          if settings else "") + ".")
     return Resumed()

@@ -106,7 +106,9 @@ class RunFolder:
                 self.changes = compare(old, new, self.reached_step())
         blocked = needing_permission(self.changes)
         if blocked and not allow_changes:
-            listing = "\n".join(f"  - {c.describe()}" for c in blocked)
+            listing = "\n".join(f"  - {c.describe()}" for c in blocked[:15])
+            if len(blocked) > 15:
+                listing += f"\n  - ... and {len(blocked) - 15} more"
             raise RunFolderError(
                 f"{self.path} already holds a different run (its recipe: {where or 'none'}); these settings "
                 f"differ:\n{listing}\nResuming would mix two runs, so nothing was overwritten. Use a new "

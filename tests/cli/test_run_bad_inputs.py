@@ -175,6 +175,10 @@ CASES = [
     Case("resume path to a damaged checkpoint", lambda o, mp: _truncate(_ckpt(o, 1) / "optim-student.json"),
          sets=['run.resume="{out}/checkpoints/step-00000001"'],
          says=["step-00000001 cannot be used: optim-student.json has"]),
+    Case("resume path to a checkpoint of other settings", sets=['run.resume="{out}/checkpoints/step-00000002"',
+                                                                  "student.optim.lr=0.01"],
+         output_dir=lambda o: str(o.parent / "elsewhere"),
+         says=["step-00000002 cannot be used: written with other settings: student.optim.lr: 0.001 -> 0.01"]),
     Case("tracker package missing", _no_tracker_packages, sets=['log.report_to=["wandb"]'],
          says=["log.report_to: wandb needs a package that is not installed: pip install wandb"]),
     Case("unknown placeholder", sets=['run.output_dir="runs/{nme}"'], output_dir=lambda o: None,
@@ -214,6 +218,8 @@ def test_run_folder_problem(case, trained, tmp_path, monkeypatch, capsys):
         assert phrase in err, (phrase, err[-3000:])
     if case.unchanged:
         assert snapshot(out) == before, "a refused start changed the run folder"
+    if code and where and where != str(out):
+        assert not Path(where).exists(), "a refused start left a folder behind"
     assert not out.is_dir() or not list(out.rglob(".tmp-*")), "a temporary was left"
     assert not out.is_dir() or not (out / "run.lock").exists(), "the run folder was not released"
 
