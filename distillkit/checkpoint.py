@@ -124,16 +124,16 @@ def load_params(targets: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
     """Copy ``state`` into the tensors ``targets`` (name -> parameter/buffer), checking names and shapes.
 
     ``exact``: every target must be in ``state`` too (a checkpoint that lacks weights the model has was
-    written by another recipe). A mismatch is a :class:`~distillkit.errors.DistillkitError` naming
+    written by another recipe). A mismatch is a :class:`~distillkit.errors.ModelLoadError` naming
     examples, never a half-loaded model.
     """
-    from distillkit.errors import DistillkitError
+    from distillkit.errors import ModelLoadError
 
     problem = describe_mismatch({k: tuple(v.shape) for k, v in targets.items()},
                                 {k: tuple(v.shape) for k, v in state.items()}, exact)
     if problem:
-        raise DistillkitError(f"checkpoint {what} does not fit: {problem}. The recipe's model, LoRA or critic "
-                              f"settings differ from the run that wrote it.")
+        raise ModelLoadError(f"checkpoint {what} does not fit: {problem}. The recipe's model, LoRA or critic "
+                             f"settings differ from the run that wrote it.")
     with torch.no_grad():
         for k, v in state.items():
             targets[k].copy_(v.to(device=targets[k].device, dtype=targets[k].dtype))
@@ -149,12 +149,12 @@ def tensor_shapes(path: Path) -> dict[str, tuple]:
 
 def student_weights(path: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The student's weights from a checkpoint directory: its EMA when kept and ``use_ema``."""
-    from distillkit.errors import DistillkitError
+    from distillkit.errors import ModelLoadError
 
     path = Path(path)
     f = path / EMA if use_ema and (path / EMA).exists() else path / weights_file("student")
     if not f.exists():
-        raise DistillkitError(f"checkpoint {path} has no student weights ({f.name})")
+        raise ModelLoadError(f"checkpoint {path} has no student weights ({f.name})")
     return load_file(str(f))
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from distillkit.errors import DistillkitError
+from distillkit.errors import ModelLoadError
 
 META = "distillkit.json"
 #: what diffusers' ``save_lora_weights`` writes; offline, ``load_lora_weights`` needs the name spelt out
@@ -43,14 +43,14 @@ class ExportMeta:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise DistillkitError(f"{folder} is not an exported student: it has no {META}") from None
+            raise ModelLoadError(f"{folder} is not an exported student: it has no {META}") from None
         except (OSError, json.JSONDecodeError) as exc:
-            raise DistillkitError(f"{path} is damaged ({exc}); re-export the student from its run "
+            raise ModelLoadError(f"{path} is damaged ({exc}); re-export the student from its run "
                                   f"(distillkit sample / Engine.save_final)") from None
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         missing = [k for k in ("family", "timesteps") if k not in known]
         if missing:
-            raise DistillkitError(f"{path} lacks {missing}; re-export the student from its run")
+            raise ModelLoadError(f"{path} lacks {missing}; re-export the student from its run")
         return cls(**known)
 
     def write(self, folder: str | Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from distillkit.checkpoint import MARKER, latest_checkpoint, student_weights
-from distillkit.errors import DistillkitError
+from distillkit.errors import ModelLoadError
 from distillkit.export import LORA_WEIGHTS, META, ExportMeta
 from distillkit.models.loading import resolve_dtype
 from distillkit.roles.student import ADAPTER, Student
@@ -52,7 +52,7 @@ def _from_final(path: Path, device, registry) -> tuple:
     kwargs = dict(zero_terminal_snr=True, first_input=meta.first_input, renoise=meta.renoise)
     if meta.lora:
         if not meta.base:
-            raise DistillkitError(f"{path / META} names no base model for its LoRA; re-export it from its run")
+            raise ModelLoadError(f"{path / META} names no base model for its LoRA; re-export it from its run")
         backbone = cls.from_pretrained(meta.base, device=device)
         backbone.base_unet.load_lora_adapter(str(path), prefix="unet", adapter_name=ADAPTER,
                                              weight_name=LORA_WEIGHTS)
@@ -74,7 +74,7 @@ def _from_checkpoint(path: Path, device, registry, use_ema: bool) -> tuple:
 
     recipe_file = path.parent.parent / "recipe.toml"
     if not recipe_file.exists():
-        raise DistillkitError(f"{path} is a checkpoint, but its run folder has no recipe.toml to rebuild the "
+        raise ModelLoadError(f"{path} is a checkpoint, but its run folder has no recipe.toml to rebuild the "
                               f"student from")
     data = read_toml(recipe_file)
     try:  # the model and student sections only: no plugin, no check of the machine the run was trained on
@@ -82,7 +82,7 @@ def _from_checkpoint(path: Path, device, registry, use_ema: bool) -> tuple:
         s = StudentConfig.model_validate(data.get("student", {}))
         resolution = int(data.get("data", {}).get("resolution", 512))
     except (pydantic.ValidationError, TypeError, ValueError) as exc:
-        raise DistillkitError(f"{recipe_file} cannot describe the student of this checkpoint: {exc}") from None
+        raise ModelLoadError(f"{recipe_file} cannot describe the student of this checkpoint: {exc}") from None
     backbone = _backbone_cls(model.family, registry).from_pretrained(
         model.pretrained, dtype=resolve_dtype(model.dtype), revision=model.revision, variant=model.variant,
         device=device)
@@ -105,5 +105,5 @@ def load_student(path: str | Path, device="cpu", use_ema: bool = True, registry=
         ckpt = latest_checkpoint(path / "checkpoints")
         if ckpt is not None:
             return _from_checkpoint(ckpt, device, registry, use_ema)
-    raise DistillkitError(f"{path} is not a distillkit run, checkpoint or exported student (expected {META}, a "
+    raise ModelLoadError(f"{path} is not a distillkit run, checkpoint or exported student (expected {META}, a "
                           f"{MARKER} checkpoint marker, or recipe.toml with checkpoints/)")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from distillkit.engine.trained import Trained, make_optimizer
-from distillkit.errors import DistillkitError, RecipeError
+from distillkit.errors import PluginError, RecipeError
 from distillkit.models.loading import resolve_dtype
 from distillkit.roles.critic import BuildEnv, Critic
 from distillkit.roles.student import Student
@@ -74,7 +74,8 @@ def build_roles(resolved, device: torch.device) -> Roles:
             critic = rc.cls.build(rc.config, env).to(device)
         named = critic.named_trainable()
         if not named:
-            raise DistillkitError(f"critic {rc.entry.name!r} ({rc.id}) has no trainable parameters")
+            raise PluginError(f"critic {rc.entry.name!r} ({rc.id}) has no trainable parameters: its plugin must "
+                              f"create some with requires_grad=True (or adopt an adapter)")
         field = f"critics[{r.critics.index(rc.entry)}].optim" if rc.entry in r.critics else f"critics[{i}].optim"
         opt, sched = make_optimizer(list(named.values()), rc.entry.optim, field)
         critics[rc.id] = critic

@@ -26,7 +26,7 @@ from distillkit.engine.sharding import consolidated, plain_student
 from distillkit.engine.state import read_state, restore_counters, write_state
 from distillkit.engine.step import Batch, PhaseLoss, StepRunner
 from distillkit.engine.trained import only_trainable
-from distillkit.errors import DistillkitError, NonFiniteLossError, RecipeError, RunFolderError
+from distillkit.errors import DistillkitError, ModelLoadError, NonFiniteLossError, RecipeError, RunFolderError
 from distillkit.files import give_ordinary_mode, writing
 from distillkit.losses.base import Phase
 
@@ -69,7 +69,7 @@ class Engine:
 
         if registry is None:
             registry = Registry.discover()
-        kwargs.setdefault("plugin_manager", getattr(registry, "pm", None))
+        kwargs.setdefault("plugin_manager", registry.pm)
         if hasattr(recipe, "recipe") and hasattr(recipe, "backbone_cls"):  # a ResolvedRecipe
             return cls(recipe, **kwargs)
         return cls(load_recipe(recipe, overrides, registry=registry, base_dir=base_dir), **kwargs)
@@ -110,7 +110,7 @@ class Engine:
     def _setup(self) -> "Engine":
         r = self.recipe
         if self.resolved.warnings:
-            raise DistillkitError("missing files; nothing was loaded:\n" +
+            raise ModelLoadError("missing files; nothing was loaded:\n" +
                                   "\n".join(f"  - {w}" for w in self.resolved.warnings))
         from distillkit.recipe import dump_resolved
 
@@ -296,11 +296,11 @@ class Engine:
         bar = _progress(self.is_main and progress)
         try:
             with bar:
-                task = bar.add_task(f"[bold]{r.name}", total=end, completed=self.global_step)
+                task = bar.add_task(f"[bold]{escape(r.name)}", total=end, completed=self.global_step)
                 while self.global_step < end and not self.budget_reached():
                     metrics = self.step()
                     total = metrics.get("generator/total")
-                    bar.update(task, advance=1, description=f"[bold]{r.name}[/]" +
+                    bar.update(task, advance=1, description=f"[bold]{escape(r.name)}[/]" +
                                (f" loss {total:.4g}" if total is not None else ""))
                     if self._stop_requested:
                         if self.global_step % r.checkpoint_every:
@@ -410,6 +410,13 @@ class Engine:
                                    step=self.global_step, resolution=self.recipe.data.resolution)
             give_ordinary_mode(Path(path).rglob("*.safetensors"), Path(path))  # safetensors writes them 0600
         return path
+
+
+def escape(text: str) -> str:
+    """A user's run name shown in the progress bar keeps any ``[...]`` it contains."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _progress(enabled: bool):

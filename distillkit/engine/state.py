@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from distillkit import checkpoint as fmt
 from distillkit.engine.trained import Trained
-from distillkit.errors import DistillkitError
+from distillkit.errors import ModelLoadError
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,12 +142,12 @@ def read_state(path: Path, trained: dict[str, Trained], critics: dict, student, 
     Call :func:`check_state` first: a failure in here leaves the model half restored."""
     path = Path(path)
     if not (path / fmt.MARKER).exists():
-        raise DistillkitError(f"{path} is not a complete distillkit checkpoint (no {fmt.MARKER} marker)")
+        raise ModelLoadError(f"{path} is not a complete distillkit checkpoint (no {fmt.MARKER} marker)")
     for name, t in trained.items():
         f = path / fmt.weights_file(name)
         if not f.exists():
             what = "the student" if t.kind == "student" else f"critic {name!r}"
-            raise DistillkitError(f"checkpoint {path} has no weights for {what} ({f.name}); was it written by a "
+            raise ModelLoadError(f"checkpoint {path} has no weights for {what} ({f.name}); was it written by a "
                                   f"recipe with different [[critics]]?")
         state = load_file(str(f))
         if t.kind == "critic":

@@ -30,7 +30,7 @@ import torch
 from distillkit.engine.build import BoundLoss, Roles, seed_for
 from distillkit.engine.distributed import is_sharded
 from distillkit.engine.trained import Trained, apply_update, average_gradients, only_trainable
-from distillkit.errors import DistillkitError
+from distillkit.errors import PluginError
 from distillkit.losses.base import LossOutput, Phase, StepContext
 from distillkit.roles.student import StudentSample
 
@@ -332,10 +332,10 @@ class _SampleCache:
 
 def _checked_total(out, label: str, phase: Phase) -> torch.Tensor:
     if not isinstance(out, LossOutput):
-        raise DistillkitError(f"loss {label!r} returned {type(out).__name__} from its {phase.value} phase; "
+        raise PluginError(f"loss {label!r} returned {type(out).__name__} from its {phase.value} phase; "
                               f"expected distillkit.LossOutput(total, terms)")
     total = torch.as_tensor(out.total)
     if total.dim() != 0:
-        raise DistillkitError(f"loss {label!r} returned a total of shape {tuple(total.shape)} from its {phase.value} "
+        raise PluginError(f"loss {label!r} returned a total of shape {tuple(total.shape)} from its {phase.value} "
                               f"phase; it must be a scalar (reduce it, e.g. with .mean())")
     return total.float()
