@@ -20,14 +20,14 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+# The SDS weighting and the NFSD direction are shared with the SDS plugin, so they live in the core;
+# NFSD_NEGATIVE_PROMPT and nfsd_direction stay importable from here for ADD's losses and tests.
+from distillkit.diffusion.score_weights import NFSD_NEGATIVE_PROMPT, nfsd_direction, score_weight  # noqa: F401
+
 Reduction = Literal["paper", "stylegan_t"]
 Weighting = Literal["exp", "sds", "nfsd"]
 SDSWeight = Literal["sigma2", "uniform"]
 DistanceReduction = Literal["sum", "mean"]
-
-#: The NFSD paper's negative prompt (Katzir et al., arXiv 2310.17590; methods.md §2).
-NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
-                        "low-resolution, gloomy")
 
 REDUCTIONS: tuple[str, ...] = ("paper", "stylegan_t")
 
@@ -94,11 +94,9 @@ def r1_penalty(logits_per_head: Sequence[torch.Tensor], inputs_per_head: Sequenc
 # -- distillation (ADD §3.3) -------------------------------------------------------------------------
 def sds_w(sigma: torch.Tensor, kind: SDSWeight = "sigma2") -> torch.Tensor:
     """The SDS weight w(t): σ_t² = 1 − ᾱ_t (DreamFusion's choice, threestudio 'sds') or 1 ('uniform')."""
-    if kind == "sigma2":
-        return sigma.pow(2)
-    if kind == "uniform":
-        return torch.ones_like(sigma)
-    raise ValueError(f"unknown SDS weight {kind!r}; expected 'sigma2' or 'uniform'")
+    if kind not in ("sigma2", "uniform"):
+        raise ValueError(f"unknown SDS weight {kind!r}; expected 'sigma2' or 'uniform'")
+    return score_weight("sds" if kind == "sigma2" else "uniform", sigma)
 
 
 def distill_weight(kind: Weighting, alpha: torch.Tensor, sigma: torch.Tensor,
@@ -116,21 +114,6 @@ def distill_weight(kind: Weighting, alpha: torch.Tensor, sigma: torch.Tensor,
     if kind in ("sds", "nfsd"):
         return alpha * sds_w(sigma, sds_weight) / (2.0 * sigma)
     raise ValueError(f"unknown distillation weighting {kind!r}; expected 'exp', 'sds' or 'nfsd'")
-
-
-def nfsd_direction(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_neg: torch.Tensor, t: torch.Tensor,
-                   scale: float = 7.5, threshold: int = 200) -> torch.Tensor:
-    """Noise-free score distillation direction δ_D + s δ_C (Katzir et al., arXiv 2310.17590).
-
-    δ_C = ε(y) − ε(∅);  δ_D = ε(∅) where t < ``threshold`` (200: the prediction is then mostly the
-    "domain" component), else ε(∅) − ε(y_neg) with the negative prompt. ``t`` is per sample, so the
-    switch is per sample.
-    """
-    delta_c = eps_cond - eps_uncond
-    low = (torch.as_tensor(t, device=eps_uncond.device).reshape(-1) < threshold)
-    low = low.reshape(-1, *([1] * (eps_uncond.dim() - 1)))
-    delta_d = torch.where(low, eps_uncond, eps_uncond - eps_neg)
-    return delta_d + scale * delta_c
 
 
 def nfsd_target(x0: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
