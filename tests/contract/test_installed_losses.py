@@ -19,6 +19,12 @@ LOSSES: dict[str, dict] = {
     "core.denoising": {},
     "add.adversarial": {"critic_params": TINY_DISCRIMINATOR},
     "add.distill": {"params": {"space": "pixel"}},
+    "sds.sds": {"student_input": "noise"},
+    "sds.nfsd": {"student_input": "noise", "params": {"t_min": 150, "t_max": 250}},  # both sides of t = 200
+    "sds.vsd": {"student_input": "noise", "critic_params": {"lora": {"rank": 2}}},  # fake score: an adapter
+    "sds.dmd2": {"student_input": "noise"},  # fake score: a full copy, as DMD2
+    "sds.dmd2_gan": {"student_input": "noise", "critic_params_by_type": {
+        "core.fake_score": {"lora": {"rank": 2}}, "core.gan_head": {"num_convs": 1}}},
     "sid.sid": {"student_input": "noise", "student": {"first_input": "sigma_noise"}},  # fake score: a full copy
     "sid.gan": {"student_input": "noise", "params": {"weighting": "none"}},  # alone: no sid.sid weight to share
     "sid.gan_head": {"student_input": "noise", "params": {"weighting": "none"}, "critic_params_by_type": {
