@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from distillkit.models.adapters import UNetRef  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 #: case -> the losses it needs (a case whose plugin is not installed is skipped, and says so)
 CASE_LOSSES = {"regression": ["core.regression"], "add": ["add.adversarial", "add.distill"], "sid": ["sid.sid"],
@@ -546,9 +547,9 @@ def interleaved(engine, hand, steps: int, warmup: int, clock=time.perf_counter) 
     return t_eng, t_hand
 
 
-def _own_times(fn, steps: int) -> dict:
-    """cProfile of ``steps`` calls of ``fn``: {function: (calls, own seconds)}."""
-    prof = cProfile.Profile()
+def _own_times(fn, steps: int, clock=time.perf_counter) -> dict:
+    """cProfile of ``steps`` calls of ``fn`` timed by ``clock``: {function: (calls, own seconds)}."""
+    prof = cProfile.Profile(clock)
     prof.enable()
     for _ in range(steps):
         fn()
@@ -556,27 +557,35 @@ def _own_times(fn, steps: int) -> dict:
     return {key: (v[0], v[2]) for key, v in pstats.Stats(prof).stats.items()}
 
 
-def profile_difference(engine, hand, steps: int, top: int = 15) -> str:
+def profile_difference(engine, hand, steps: int, top: int = 15, clock=time.perf_counter) -> str:
     """Where the engine's extra time goes: per-function own time per step, engine minus hand-written.
 
-    Both run under cProfile, so the model's kernels (the same in both) mostly cancel and what remains is
-    the engine's own Python: its gradient norms, ``requires_grad`` toggling, contexts, metrics and
-    accelerate's wrappers. cProfile inflates the cost of Python calls several-fold, and tensors freed as
-    a function returns are charged to its caller (the engine's ``generator_phase`` pays for what the
-    hand-written step frees on return), so read the list as a ranking and time a suspect on its own.
+    Both run under cProfile. Functions both steps call equally often are the shared computation (the
+    model's kernels, Adam's arithmetic): their difference is measurement noise and is summed on one line.
+    What the engine calls more often, or alone, is its own work (seeded generators, ``requires_grad``
+    toggling, contexts, metrics, accelerate's wrappers) and is listed by its extra own time. cProfile
+    inflates the cost of Python calls several-fold, and tensors freed as a function returns are charged
+    to its caller, so read the list as a ranking and time a suspect on its own.
     """
-    eng, hnd = _own_times(engine.step, steps), _own_times(hand.step, steps)
-    rows = []
+    eng, hnd = _own_times(engine.step, steps, clock), _own_times(hand.step, steps, clock)
+    extra, shared = [], 0.0
     for key, (calls, own) in eng.items():
         h_calls, h_own = hnd.get(key, (0, 0.0))
-        rows.append(((own - h_own) / steps, calls / steps, h_calls / steps, key))
-    rows.sort(key=lambda r: r[0], reverse=True)
+        if calls == h_calls:
+            shared += own - h_own
+        else:
+            extra.append((own - h_own, calls, h_calls, key))
+    shared -= sum(own for key, (calls, own) in hnd.items() if key not in eng)  # what only the hand step calls
+    extra.sort(key=lambda r: r[0], reverse=True)
     total = (sum(v[1] for v in eng.values()) - sum(v[1] for v in hnd.values())) / steps
-    lines = [f"own time per step under cProfile (inflated): engine - hand = {total * 1e3:+.2f} ms; largest:",
+    lines = [f"own time per step under cProfile (inflated): engine - hand = {total * 1e3:+.2f} ms, of which "
+             f"{(total - shared / steps) * 1e3:+.2f} ms in functions the engine calls more often or alone and "
+             f"{shared / steps * 1e3:+.2f} ms (noise) in functions both call equally often; largest of the former:",
              f"{'ms/step':>8} {'calls engine':>12} {'calls hand':>10}  function"]
-    for delta, c_eng, c_hand, (file, line, name) in rows[:top]:
-        where = f"{file.split('site-packages/')[-1]}:{line}({name})" if file != "~" else name
-        lines.append(f"{delta * 1e3:8.3f} {c_eng:12.1f} {c_hand:10.1f}  {where}")
+    for delta, c_eng, c_hand, (file, line, name) in extra[:top]:
+        where = f"{file.split('site-packages/')[-1].replace(str(ROOT) + '/', '')}:{line}({name})" \
+            if file != "~" else name
+        lines.append(f"{delta / steps * 1e3:8.3f} {c_eng / steps:12.1f} {c_hand / steps:10.1f}  {where}")
     return "\n".join(lines)
 
 
@@ -669,7 +678,7 @@ def main(argv=None) -> int:
             paired = statistics.median(a / b for a, b in zip(t_eng, t_hand))
             rows.append((case, m_eng, _quartiles(t_eng), m_hand, _quartiles(t_hand), m_eng / m_hand, paired))
             if args.profile:
-                profiles.append((case, profile_difference(engine, hand, args.profile)))
+                profiles.append((case, profile_difference(engine, hand, args.profile, clock=CLOCKS[args.clock])))
     elapsed = time.perf_counter() - t_start
 
     print(f"engine overhead: batch {args.batch_size}, {args.resolution}x{args.resolution}, {args.steps} timed steps "
