@@ -60,10 +60,8 @@ class ToyBackbone(Backbone):
         self.scheduler = scheduler
         self.schedule = NoiseSchedule.from_scheduler(DDPMScheduler.from_config(scheduler.config))
         self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type != "epsilon":
-            raise ModelLoadError(f"toy folders use ε-prediction; this scheduler says {self.prediction_type!r}")
         self.unet = unet.requires_grad_(False).eval()
-        self.exact = ExactDenoiser(world, self.schedule)
+        self.exact = ExactDenoiser(world, self.schedule, self.prediction_type)  # speaks the UNet's parameterisation
         self.teacher_unet = self.exact if self.exact_teacher else self.unet
         self.dtype = dtype
         self.device = next(unet.parameters()).device

@@ -12,8 +12,8 @@ share (unconditional: the empty prompt). Both are exact, so classifier-free guid
 built from them is exactly CFG as defined, with no network error in either branch.
 
 The module is called like a diffusers UNet — ``forward(sample, timestep, encoder_hidden_states)`` — and
-returns ε (the neural teacher's parameterisation), so every method reaches it through
-``Backbone.denoise`` and cannot tell it from a network. The prompt is read off the conditioning by
+returns the neural teacher's parameterisation (ε, v or x0, as the folder's scheduler says), so every method
+reaches it through ``Backbone.denoise`` and cannot tell it from a network. The prompt is read off the conditioning by
 matching it against the world's embedding table; conditioning that matches no prompt is an error,
 never a silent guess. The world's tensors are held as frozen parameters: they *are* this teacher's
 weights, they move with ``.to(device)``, and code that asks a teacher for its device or dtype works.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from distillkit.diffusion import NoiseSchedule
+from distillkit.diffusion.param import PREDICTION_TYPES, convert
 from distillkit.toy.world import World
 
 #: relative distance under which a conditioning vector counts as a given prompt's embedding
@@ -35,10 +36,13 @@ def _frozen(t: torch.Tensor) -> torch.nn.Parameter:
 
 
 class ExactDenoiser(torch.nn.Module):
-    """E[x0 | x_t, prompt] of a :class:`World` under a VP schedule, returned as ε like an ε-UNet."""
+    """E[x0 | x_t, prompt] of a :class:`World` under a VP schedule, returned as ``prediction_type`` like a UNet."""
 
-    def __init__(self, world: World, schedule: NoiseSchedule):
+    def __init__(self, world: World, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        self.prediction_type = prediction_type
         self.means = _frozen(world.means.flatten(1).double())  # (K, D)
         self.variances = _frozen(world.stds.double() ** 2)  # (K,)
         self.log_prior = _frozen(world.joint_log_weights())  # (P + 1, K); last row: the empty prompt
@@ -90,14 +94,16 @@ class ExactDenoiser(torch.nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 return_dict: bool = True, **_unused):
-        """ε̂ = (x_t − α x̂0)/σ, as an ε-prediction UNet returns it (``return_dict=False``: a 1-tuple)."""
+        """The posterior mean expressed as :attr:`prediction_type` (ε̂ = (x_t − α x̂0)/σ, v̂ = α ε̂ − σ x̂0, or x̂0),
+        as a UNet returns it (``return_dict=False``: a 1-tuple)."""
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
         x0, _ = self.posterior(sample, t, self.prompt_rows(encoder_hidden_states))
+        x = sample.double().reshape(sample.shape[0], -1)
         ac = self.alphas_cumprod[t.long().to(self.alphas_cumprod.device)].reshape(-1, 1)
-        eps = (sample.double().reshape(sample.shape[0], -1) - ac.sqrt() * x0) / (1 - ac).sqrt()
-        eps = eps.reshape(sample.shape).to(sample.dtype)
+        out = convert(x0, "sample", self.prediction_type, x, ac.sqrt(), (1 - ac).sqrt())
+        out = out.reshape(sample.shape).to(sample.dtype)
         if not return_dict:
-            return (eps,)
+            return (out,)
         from types import SimpleNamespace
 
-        return SimpleNamespace(sample=eps)
+        return SimpleNamespace(sample=out)

@@ -37,3 +37,13 @@ def toy_data(tmp_path_factory):
     from distillkit.toy.data import write_dataset
 
     return write_dataset(tiny_world(), tmp_path_factory.mktemp("toy") / "data", count=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_eps_folder(tmp_path_factory):
+    """The tiny world with an ε-prediction scheduler (the shipped toy folders predict v)."""
+    from distillkit.toy.folder import default_scheduler, new_unet, write_toy_folder
+
+    world = tiny_world()
+    return write_toy_folder(tmp_path_factory.mktemp("toy") / "eps", world, new_unet(world, **TINY_UNET),
+                            default_scheduler(prediction_type="epsilon"))

@@ -35,17 +35,32 @@ def _ctx(backbone, net, n=256, seed=0):
                        real_x0=x0.float(), generator=torch.Generator().manual_seed(seed + 1))
 
 
-def test_epsilon_target(toy_folder):
+def test_epsilon_target(toy_eps_folder):
     """A network that predicts 0 scores E ε² = 1. The exact posterior's ε scores the Bayes error: once
     the component is known, per pixel ᾱs²/(ᾱs² + 1 − ᾱ) (the noise x_t cannot reveal), averaged over
     t ~ U{0..999} — plus a little where the component itself is uncertain."""
-    b = ToyExactBackbone.from_pretrained(toy_folder)
+    b = ToyExactBackbone.from_pretrained(toy_eps_folder)
+    assert b.prediction_type == "epsilon"
     zero = Denoising(Denoising.Config(prompt_dropout=0.0)).generator_loss(_ctx(b, ZeroNet(), n=1024)).total
     assert float(zero.detach()) == pytest.approx(1.0, abs=0.02)
     ac, s2 = b.schedule.alphas_cumprod, float(b.world.stds[0]) ** 2
     bayes = float((ac * s2 / (ac * s2 + 1 - ac)).mean())  # 0.0155 for s = 0.06 and SD's schedule
     best = Denoising(Denoising.Config(prompt_dropout=0.0)).generator_loss(_ctx(b, b.exact, n=1024)).total
     assert 0.7 * bayes < float(best) < bayes + 0.01
+
+
+def test_v_target(toy_folder):
+    """v̂ − v = −(x̂0 − x0)/σ, so the exact posterior's v scores at least E_t[s²/(ᾱs² + 1 − ᾱ)] per pixel
+    (the within-component part; at high t the component is uncertain too, and /σ does not shrink that
+    part as ε's α/σ does). A network that predicts 0 scores E v² = ᾱ + (1 − ᾱ) E x0², far above it."""
+    b = ToyExactBackbone.from_pretrained(toy_folder)
+    assert b.prediction_type == "v_prediction"
+    ac, s2 = b.schedule.alphas_cumprod, float(b.world.stds[0]) ** 2
+    bayes = float((s2 / (ac * s2 + 1 - ac)).mean())
+    best = Denoising(Denoising.Config(prompt_dropout=0.0)).generator_loss(_ctx(b, b.exact, n=1024)).total
+    assert 0.9 * bayes < float(best.detach()) < 3 * bayes
+    zero = Denoising(Denoising.Config(prompt_dropout=0.0)).generator_loss(_ctx(b, ZeroNet(), n=1024)).total
+    assert float(zero.detach()) > 10 * bayes
 
 
 def test_prompt_dropout_uses_the_empty_prompt(toy_folder):

@@ -89,6 +89,23 @@ def test_forward_returns_epsilon_of_the_posterior_mean(small_world):
     assert torch.allclose(a * x0 + s * eps, x_t, atol=1e-5)  # x_t = α x̂0 + σ ε̂
 
 
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_every_parameterisation_carries_the_same_posterior_mean(small_world, kind):
+    from distillkit.diffusion import Prediction
+
+    g = torch.Generator().manual_seed(5)
+    x_t = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([100, 900])
+    cond = small_world.embeddings[[0, 1]].double()
+    exact = ExactDenoiser(small_world, SCHEDULE, kind)
+    a, s = SCHEDULE.coefficients(t, x_t)
+    x0 = Prediction(exact(x_t, t, encoder_hidden_states=cond, return_dict=False)[0], kind, x_t, a, s).x0
+    assert torch.allclose(x0, exact.x0(x_t, t, cond), atol=1e-10)
+    if kind == "v_prediction":  # v = α ε − σ x0 with ε = (x_t − α x0)/σ, written out
+        eps = (x_t - a * x0) / s
+        assert torch.allclose(exact(x_t, t, encoder_hidden_states=cond, return_dict=False)[0], a * eps - s * x0)
+
+
 def test_prompts_are_read_from_the_conditioning(small_world):
     exact = ExactDenoiser(small_world, SCHEDULE)
     cond = torch.cat([small_world.embeddings[[1, 0]], torch.zeros(1, 1, small_world.embeddings.shape[-1])])
