@@ -123,8 +123,10 @@ def _rebind_optimizer(t, named: dict, prepare) -> None:
     new = type(old)(params, **old.defaults)
     new.load_state_dict(state)
     sched_state = t.scheduler.state_dict()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(new, t.scheduler.lr_lambdas[0])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(new, t.scheduler.lr_lambdas[0])  # its init sets lr(0)...
     scheduler.load_state_dict(sched_state)
+    for group, lr in zip(new.param_groups, scheduler.get_last_lr()):  # ...so put back the lr of the step reached
+        group["lr"] = lr
     t.params, t.optimizer, t.scheduler = named, prepare(new), scheduler
 
 
@@ -167,7 +169,7 @@ def plain_student(student, backbone):
         return student
     full = {n: _full(p.detach()) for n, p in unet.named_parameters()}
     plain = type(unet).from_config(unet.config).to(next(iter(full.values())).device)
-    plain.load_state_dict(full, strict=False)
+    plain.load_state_dict(full)
     return Student(backbone, plain, student.timesteps, zero_terminal_snr=student.zero_terminal_snr,
                    first_input=student.first_input, renoise=student.renoise)
 
