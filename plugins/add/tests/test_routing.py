@@ -273,7 +273,7 @@ def test_sdxl_generator_and_critic_phases(tiny_sdxl, tiny_disc_params):
     assert student_grad_norm(s) > 0
     assert all(p.grad is None for p in s.disc.parameters())
     set_phase(s, Phase.CRITIC)
-    s.student.unet.zero_grad(set_to_none=True)
+    s.student.unet.module.zero_grad(set_to_none=True)
     Adversarial().critic_loss(context(s, Phase.CRITIC)).total.backward()
     assert all(p.grad is None for p in s.student.unet.parameters())
     assert any(p.grad is not None for p in s.disc.trainable_parameters())
