@@ -35,7 +35,7 @@ CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hid
 CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                  num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type="epsilon", steps_offset=1, clip_sample=False, set_alpha_to_one=False)
+                 prediction_type="epsilon", steps_offset=1)
 
 
 def full_clip_tokenizer():
@@ -56,7 +56,7 @@ def full_clip_tokenizer():
 
 def build(family: str, path: str | Path, seed: int = 0) -> Path:
     """Write a random-weight ``family`` ("sd15" or "sdxl") diffusers folder to ``path`` (once)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     path = Path(path)
@@ -70,7 +70,8 @@ def build(family: str, path: str | Path, seed: int = 0) -> Path:
 
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)), tokenizer=tok,
-            unet=UNet2DConditionModel(**SD15_UNET), scheduler=DDPMScheduler(**SCHEDULER), safety_checker=None,
+            unet=UNet2DConditionModel(**SD15_UNET),
+            scheduler=PNDMScheduler(**SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
     else:
         from diffusers import StableDiffusionXLPipeline
@@ -79,8 +80,7 @@ def build(family: str, path: str | Path, seed: int = 0) -> Path:
             vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)), tokenizer=tok,
             tokenizer_2=full_clip_tokenizer(), unet=UNet2DConditionModel(**SDXL_UNET),
-            scheduler=EulerDiscreteScheduler(**{k: v for k, v in SCHEDULER.items()
-                                                if k not in ("clip_sample", "set_alpha_to_one")}),
+            scheduler=EulerDiscreteScheduler(**SCHEDULER, timestep_spacing="leading"),
             force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.save_pretrained(path, safe_serialization=True)
     return path

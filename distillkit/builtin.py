@@ -25,6 +25,9 @@ class TeacherRegression(Loss):
         model_config = pydantic.ConfigDict(extra="forbid")
         space: str = pydantic.Field("latent", pattern="^(latent|pixel)$")
 
+    def gradient_paths(self) -> frozenset[str]:
+        return frozenset({"vae"}) if self.config.space == "pixel" else frozenset()
+
     def generator_loss(self, ctx: StepContext) -> LossOutput:
         target = ctx.teacher.target(ctx.student_input, ctx.student_t, ctx.cond, ctx.uncond).x0
         x0 = ctx.student_x0
@@ -40,6 +43,15 @@ def register_losses(register):
     from distillkit.toy.denoising import Denoising  # plain DSM: what `distillkit teach` trains a teacher with
 
     register(Denoising)
+
+
+@hookimpl
+def register_critics(register):
+    from distillkit.roles.fake_score import FakeScore  # shared by SiD, VSD and DMD2 (docs/methods.md)
+    from distillkit.roles.gan_head import GANHead  # DMD2's bottleneck classifier, also SiD's option
+
+    register(FakeScore)
+    register(GANHead)
 
 
 @hookimpl

@@ -163,6 +163,8 @@ def load_scheduler(source: str, subfolder: str = "scheduler", *, revision: str |
     config = load_config(diffusers.DDPMScheduler, source, subfolder, revision=revision)
     name = config.get("_class_name", "DDPMScheduler")
     scheduler_cls = getattr(diffusers, name, None)
+    if scheduler_cls is None and name == "StudentScheduler":  # an exported student's (distillkit.schedulers)
+        from distillkit.schedulers import StudentScheduler as scheduler_cls
     if scheduler_cls is None:
         raise ModelLoadError(f"the scheduler config at {source!r} names {name!r}, which diffusers "
                              f"{diffusers.__version__} does not have")

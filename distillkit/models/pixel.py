@@ -18,7 +18,7 @@ import torch
 
 from distillkit.errors import ModelLoadError
 from distillkit.models.loading import is_local, read_json
-from distillkit.models.sd15 import SD15Backbone, merged_unet
+from distillkit.models.sd15 import SD15Backbone
 
 MANIFEST = "distillkit_pixel.json"
 #: the class each component folder must hold, as [library, class name] (names: importing the libraries
@@ -84,10 +84,12 @@ class PixelBackbone(SD15Backbone):
     def _load_vae(cls, source: str, *, dtype: torch.dtype, revision: str | None, variant: str | None):
         return None
 
-    def save_pipeline(self, unet: torch.nn.Module, path: str | os.PathLike, scheduler=None) -> None:
+    def save_pipeline(self, unet, path: str | os.PathLike, scheduler=None) -> None:
         """The pixel folder layout with ``unet`` (LoRA merged into a copy); reload with ``from_pretrained``."""
+        from distillkit.models.adapters import standalone_unet
+
         write_pixel_folder(path, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                           unet=merged_unet(unet), scheduler=scheduler or self.scheduler)
+                           unet=standalone_unet(unet), scheduler=scheduler or self.scheduler)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels.to(self.device)

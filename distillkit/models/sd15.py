@@ -34,23 +34,6 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def is_lora(unet: torch.nn.Module) -> bool:
-    return bool(getattr(unet, "peft_config", None))
-
-
-def merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
-    """A plain copy of ``unet`` with any LoRA adapter folded into its weights; ``unet`` itself is untouched.
-
-    Saved pipelines must load with a plain ``from_pretrained``, which knows nothing of peft layers.
-    """
-    if not is_lora(unet):
-        return unet
-    merged = copy.deepcopy(unet)
-    merged.fuse_lora()
-    merged.unload_lora()  # swaps each peft layer for its (now merged) base layer
-    return merged
-
-
 class _StopAfterBottleneck(Exception):
     """Raised from the mid block's forward hook: the decoder's output is not needed."""
 
@@ -188,11 +171,12 @@ class SD15Backbone(Backbone):
     def _pipeline(self, unet: torch.nn.Module):
         return self.pipeline_class(**self._pipeline_components(unet), **self._pipeline_options())
 
-    def save_pipeline(self, unet: torch.nn.Module, path: str | os.PathLike, scheduler=None) -> None:
-        """A full diffusers folder with ``unet`` in place of the teacher's (LoRA merged into a copy).
+    def save_pipeline(self, unet, path: str | os.PathLike, scheduler=None) -> None:
+        """A full diffusers folder with ``unet`` (a module or a role's ref; an active LoRA adapter is folded
+        into a copy) in place of the teacher's. ``scheduler`` replaces the teacher's."""
+        from distillkit.models.adapters import standalone_unet
 
-        ``scheduler`` replaces the teacher's (see :meth:`few_step_scheduler`)."""
-        pipe = self._pipeline(merged_unet(unet))
+        pipe = self._pipeline(standalone_unet(unet))
         # Every component in float32: diffusers loads a saved model as float32 unless told otherwise while
         # transformers keeps the saved dtype, so a bf16 text encoder beside a UNet would not run after
         # a plain from_pretrained. Users pick their inference dtype with torch_dtype=.
@@ -203,25 +187,19 @@ class SD15Backbone(Backbone):
             pipe.scheduler = scheduler
         pipe.save_pretrained(os.fspath(path), safe_serialization=True)
 
-    def few_step_scheduler(self):
-        """Euler-ancestral with "trailing" spacing, as SDXL-Turbo ships: k steps land on 999, ..., the
-        student's default timesteps, and one step from pure noise equals the student's own 1-step sample."""
-        from diffusers import EulerAncestralDiscreteScheduler
-
-        return EulerAncestralDiscreteScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
-
-    def save_lora(self, unet: torch.nn.Module, path: str | os.PathLike) -> None:
-        """``pytorch_lora_weights.safetensors`` in diffusers' key format, with the adapter config as metadata
-        (so ``load_lora_weights`` restores the same rank and alpha)."""
+    def save_lora(self, unet, path: str | os.PathLike) -> None:
+        """``pytorch_lora_weights.safetensors`` of the adapter a role's ref (``UNetRef(unet, name)``) calls
+        with, in diffusers' key format and with the adapter config as metadata (so ``load_lora_weights``
+        restores the same rank and alpha). Other roles' adapters on the same UNet are not written."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        if not is_lora(unet):
-            raise ValueError("save_lora needs a LoRA-adapted unet (one with a peft adapter); use save_pipeline")
-        adapter = unet.active_adapters()[0] if hasattr(unet, "active_adapters") else "default"
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter))
+        adapter, module = getattr(unet, "adapter", None), getattr(unet, "module", unet)
+        if adapter is None:
+            raise ValueError("save_lora needs a role's ref to a LoRA adapter (UNetRef(unet, name)); use save_pipeline")
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(module, adapter_name=adapter))
         self.pipeline_class.save_lora_weights(os.fspath(path), unet_lora_layers=layers,
-                                              unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict(),
+                                              unet_lora_adapter_metadata=module.peft_config[adapter].to_dict(),
                                               safe_serialization=True)
 
     # -- conditioning -------------------------------------------------------------------------
