@@ -18,6 +18,7 @@ from diffusers import (DDPMScheduler, EulerDiscreteScheduler, StableDiffusionPip
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from distillkit.errors import ModelLoadError
+from distillkit.models.adapters import UNetRef
 from distillkit.models import (Conditioning, PixelBackbone, SD15Backbone, SDXLBackbone, check_tokenizer,
                                resolve_dtype)
 from distillkit.testing import build_tiny_clip_vocab, tiny_clip_tokenizer
@@ -313,7 +314,7 @@ def test_lora_file_loads_into_the_pipeline(family, request, tmp_path):
     student = lora_unet(backbone.teacher_unet)
     expected = unet_output(backbone, student)
     assert not torch.allclose(expected, unet_output(backbone, backbone.teacher_unet), atol=1e-3)
-    backbone.save_lora(student, tmp_path / "lora")
+    backbone.save_lora(UNetRef(student, "default"), tmp_path / "lora")
     pipe = pipeline_cls.from_pretrained(request.getfixturevalue(f"tiny_{family}_path"))
     pipe.load_lora_weights(tmp_path / "lora")
     torch.testing.assert_close(unet_output(backbone, pipe.unet), expected)
@@ -327,7 +328,7 @@ def test_save_lora_needs_an_adapter(tiny_sd15, tmp_path):
 def test_saving_a_lora_unet_as_a_pipeline_merges_a_copy(tiny_sd15, tmp_path):
     student = lora_unet(tiny_sd15.teacher_unet)
     expected = unet_output(tiny_sd15, student)
-    tiny_sd15.save_pipeline(student, tmp_path / "merged")
+    tiny_sd15.save_pipeline(UNetRef(student, "default"), tmp_path / "merged")
     merged = UNet2DConditionModel.from_pretrained(tmp_path / "merged", subfolder="unet")
     assert not any("lora" in name for name in merged.state_dict())
     torch.testing.assert_close(unet_output(tiny_sd15, merged), expected, rtol=1e-4, atol=1e-5)

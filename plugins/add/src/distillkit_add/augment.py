@@ -3,7 +3,7 @@
 DiffAugment (Zhao et al., "Differentiable Augmentation for Data-Efficient GAN Training", NeurIPS 2020)
 applies the *same kind* of random transform to real and fake images before the discriminator, and the
 transforms are differentiable so the generator's gradient passes through them. StyleGAN-T (and hence
-ADD's discriminator, methods.md §1) uses the policy ``'color,translation,cutout'`` on [-1, 1] images,
+ADD's discriminator, docs/methods.md "ADD") uses the policy ``'color,translation,cutout'`` on [-1, 1] images,
 then takes a random crop at the feature network's resolution with probability 0.5 when the image is
 larger than that resolution.
 

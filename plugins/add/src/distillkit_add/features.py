@@ -12,7 +12,7 @@ weights come only from a local file the recipe names (there is no hub on a train
 package never downloads). A random-init network is built under a fixed seed so every rank of a
 multi-GPU run gets the *same* frozen network — otherwise each rank's discriminator would see different
 features. Parameters are frozen (``requires_grad=False``, eval mode), but the forward pass keeps the
-graph w.r.t. the input image: the generator's adversarial gradient flows through F (methods.md §5).
+graph w.r.t. the input image: the generator's adversarial gradient flows through F (docs/methods.md, "Roles, phases").
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """ADD's objectives as pure tensor functions: hinge GAN terms, R1, and the distillation weighting.
 
-Notation (methods.md §0, §1): x_t = α_t x0 + σ_t ε. The discriminator is a set of heads D_k on frozen
+Notation (docs/methods.md, "Notation" and "ADD"): x_t = α_t x0 + σ_t ε. The discriminator is a set of heads D_k on frozen
 features f_k = F_k(x); each head returns one logit per token, shaped (B, N_k). Nothing here owns a
 module or randomness, so every formula can be checked against values derived by hand
 (``tests/test_functional.py``).
 
-Two reductions of the hinge loss exist (methods.md §7.1) and both are kept:
+Two reductions of the hinge loss exist (docs/methods.md, ADD choice 1) and both are kept:
 
 * ``"paper"`` — ADD eq. (2)-(3) (arXiv 2311.17042 §3.2): the hinge is applied per token logit, averaged
   over a head's tokens, **summed over heads** and averaged over the batch;
@@ -80,7 +80,7 @@ def r1_penalty(logits_per_head: Sequence[torch.Tensor], inputs_per_head: Sequenc
     itself back-propagates into the heads' parameters.
 
     The caller multiplies by γ (ADD: γ = 1e-5) in the paper's form γ·R1; StyleGAN2's code uses
-    (γ/2)·R1 — the factor of two is a documented ambiguity (methods.md §7.2), default the paper's.
+    (γ/2)·R1 — the factor of two is a documented ambiguity (docs/methods.md, ADD choice 2), default the paper's.
     Each input must be a leaf-like tensor with ``requires_grad=True`` that the logits were computed from.
     """
     if len(logits_per_head) != len(inputs_per_head):
@@ -104,7 +104,7 @@ def distill_weight(kind: Weighting, alpha: torch.Tensor, sigma: torch.Tensor,
     """c(t) of ADD eq. (4).
 
     * ``exp``: c(t) = α_t — the paper's §3.3 "exponential" weighting, "higher noise levels contribute
-      less" (ᾱ_t would also fit the phrase; methods.md §7.3 — α_t is what the text writes).
+      less" (ᾱ_t would also fit the phrase; docs/methods.md ADD choice 3 — α_t is what the text writes).
     * ``sds`` and ``nfsd``: c(t) = α_t w(t) / (2σ_t). ADD appendix A: with d = ||·||² in the space where
       the noise is added, ∇_x c(t)||x − x̂_ψ||² = 2c(t)(σ_t/α_t)(ε̂ − ε') = w(t)(ε̂ − ε'), the SDS gradient.
       NFSD keeps this c and changes the target (:func:`nfsd_target`).
@@ -117,7 +117,7 @@ def distill_weight(kind: Weighting, alpha: torch.Tensor, sigma: torch.Tensor,
 
 
 def nfsd_target(x0: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The constant target x̂ − (σ_t/α_t) g for NFSD inside ADD's distillation form (methods.md §1).
+    """The constant target x̂ − (σ_t/α_t) g for NFSD inside ADD's distillation form (docs/methods.md, ADD choice 4).
 
     With c(t) = α_t w/(2σ_t): ∇_x c||x − sg(target)||² at x = x̂ is 2c(σ_t/α_t) g = w(t) g — the NFSD
     update. Returned detached: it is a target, never a gradient path.

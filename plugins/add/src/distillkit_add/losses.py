@@ -4,7 +4,7 @@ The student objective of ADD (arXiv 2311.17042, eq. 1) is L = L_adv^G + λ L_dis
 the two terms are separate recipe entries, so λ is simply the recipe weight of ``add.distill`` and each
 term can be dropped for the Table 1 loss ablation (adversarial only / distillation only).
 
-Gradient routing (methods.md §5):
+Gradient routing (docs/methods.md, "Roles, phases"):
 
 * ``Adversarial``, generator phase: x̂_θ → VAE decode → DiffAugment → frozen F → heads (frozen for this
   phase) → −Σ_k D_k. Only the student receives gradient.
@@ -107,7 +107,7 @@ class DistillConfig(pydantic.BaseModel):
 
     weighting: Fn.Weighting = pydantic.Field(
         "exp", description="c(t): 'exp' = α_t [paper §3.3], 'sds' = α_t w/(2σ_t) [paper app. A], 'nfsd' = sds "
-                           "c with the NFSD target (the paper's final models) [methods.md reconstruction]")
+                           "c with the NFSD target (the paper's final models) [a reconstruction: docs/methods.md, ADD choice 4]")
     sds_weight: Fn.SDSWeight = pydantic.Field("sigma2", description="w(t) of sds/nfsd: σ_t² (DreamFusion) or 1")
     t_min: int = pydantic.Field(20, ge=0, description="teacher timesteps t ~ U[t_min, t_max] (choice)")
     t_max: int = pydantic.Field(980, ge=0)
