@@ -37,18 +37,19 @@ def train_and_export(model, out, family, kind, lora):
 
 
 def pipeline(family, final, base, lora):
-    from diffusers import LCMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """What the README tells users to do: from_pretrained on a full export; for a LoRA export, the base
+    pipeline, load_lora_weights, and the export's scheduler by the class its config names."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from distillkit.schedulers import StudentScheduler  # diffusers resolves it from imported modules
+    import distillkit.schedulers  # noqa: F401  diffusers resolves StudentScheduler from imported modules
+    from distillkit.models.loading import load_scheduler
 
     cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
     if not lora:
         return cls.from_pretrained(final)
     pipe = cls.from_pretrained(base)
-    pipe.load_lora_weights(final, weight_name="pytorch_lora_weights.safetensors")  # then its scheduler
-    name = json.loads((final / "distillkit.json").read_text())["scheduler"]
-    pipe.scheduler = {"LCMScheduler": LCMScheduler, "StudentScheduler": StudentScheduler}[name].from_pretrained(
-        final, subfolder="scheduler")
+    pipe.load_lora_weights(final, weight_name="pytorch_lora_weights.safetensors")
+    pipe.scheduler = load_scheduler(str(final))
     return pipe
 
 
