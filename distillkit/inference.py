@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from distillkit.checkpoint import MARKER, latest_checkpoint, student_weights
+from distillkit.checkpoint import MARKER, list_checkpoints, student_weights, verify_checkpoint
 from distillkit.errors import ModelLoadError
 from distillkit.export import LORA_WEIGHTS, META, ExportMeta
 from distillkit.models.loading import resolve_dtype
@@ -92,17 +92,34 @@ def _from_checkpoint(path: Path, device, registry, use_ema: bool) -> tuple:
     return backbone, student, resolution
 
 
+def _newest_intact_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint whose files match its manifest; damaged newer ones are skipped with a warning
+    (as a resume skips them), so a run folder never samples from a half-written or corrupted step."""
+    import logging
+
+    for _, ckpt in reversed(list_checkpoints(root)):
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        logging.getLogger("distillkit").warning("skipping checkpoint %s: %s", ckpt, problem)
+    return None
+
+
 def load_student(path: str | Path, device="cpu", use_ema: bool = True, registry=None) -> tuple:
     """(backbone, student, resolution) from a final folder, a checkpoint dir or a run dir."""
     path = Path(path)
     if (path / META).exists():
         return _from_final(path, device, registry)
     if (path / MARKER).exists():
+        problem = verify_checkpoint(path)
+        if problem:
+            raise ModelLoadError(f"checkpoint {path} cannot be trusted: {problem}; sample an earlier checkpoint "
+                                 f"of the run (its checkpoints/ folder) instead")
         return _from_checkpoint(path, device, registry, use_ema)
     if (path / "recipe.toml").exists():
         if (path / "final" / META).exists():
             return _from_final(path / "final", device, registry)
-        ckpt = latest_checkpoint(path / "checkpoints")
+        ckpt = _newest_intact_checkpoint(path / "checkpoints")
         if ckpt is not None:
             return _from_checkpoint(ckpt, device, registry, use_ema)
     raise ModelLoadError(f"{path} is not a distillkit run, checkpoint or exported student (expected {META}, a "

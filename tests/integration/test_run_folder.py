@@ -269,3 +269,23 @@ def test_fit_releases_the_folder_and_a_stale_engine_cannot_write_into_it_again(t
     with pytest.raises(RunFolderError, match="has moved on to step 4 since this engine \\(at step 2\\)"):
         first.step()
     assert fmt.latest_checkpoint(out / "checkpoints").name == "step-00000004"
+
+
+def test_sampling_a_run_folder_skips_a_damaged_newest_checkpoint(copy_of, caplog):
+    """``distillkit sample RUN`` (no final/) loads the newest *intact* checkpoint, as a resume would; a
+    damaged checkpoint named directly is refused with the reason, not sampled."""
+    from distillkit.errors import ModelLoadError
+    from distillkit.inference import load_student
+
+    shutil.rmtree(copy_of / "final", ignore_errors=True)
+    ckpts = copy_of / "checkpoints"
+    good, bad = ckpts / "step-00000002", ckpts / "step-00000004"
+    _truncate(bad / fmt.weights_file("student"))
+    with caplog.at_level("WARNING", logger="distillkit"):
+        _, loaded, _ = load_student(copy_of, use_ema=False)
+    assert "step-00000004" in caplog.text
+    expected = load_file(good / fmt.weights_file("student"))
+    got = {k: v for k, v in loaded.unet.module.state_dict().items() if k in expected}
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    with pytest.raises(ModelLoadError, match="step-00000004.*cannot be trusted"):
+        load_student(bad)
