@@ -96,17 +96,26 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.permute(0, 2, 3, 1).cpu().numpy()
 
 
+#: the smallest cell of a training sample grid, in pixels (smaller samples are enlarged to it)
+SAMPLE_CELL = 96
+
+
 def steps_label(k: int) -> str:
     return f"{k} step" + ("" if k == 1 else "s")
 
 
 def save_grid(images: torch.Tensor, path: Path, ncols: int, pad: int = 2, row_labels: list[str] | None = None,
-              col_labels: list[str] | None = None) -> Path:
+              col_labels: list[str] | None = None, min_cell: int = 0) -> Path:
     """Tile images (N, 3, H, W) in [0, 1] into one PNG, ``ncols`` per row, with optional labels
-    (sampling steps down the left, prompts along the top) so a grid can be read without the recipe."""
+    (sampling steps down the left, prompts along the top) so a grid can be read without the recipe.
+    Images smaller than ``min_cell`` pixels are enlarged by a whole factor, pixels kept sharp (a 16×16
+    toy sample is unreadable at its own size, and smoothing would hide exactly what one looks for)."""
     from PIL import ImageDraw
 
     arr = to_uint8(images)
+    factor = max(1, math.ceil(min_cell / min(arr.shape[1:3]))) if min_cell else 1
+    if factor > 1:
+        arr = arr.repeat(factor, axis=1).repeat(factor, axis=2)
     n, h, w, _ = arr.shape
     nrows = math.ceil(n / ncols)
     left = 8 + 7 * max((len(t) for t in row_labels or []), default=0) if row_labels else 0
@@ -139,7 +148,8 @@ def write_samples(engine, folder, sample, step: int) -> Path:
     images = torch.cat([engine.generate(sample.prompts, k, sample.seed, sample.use_ema) for k in sample.steps])
     with writing("a sample grid", folder.sample_path(step)):
         path = save_grid(images, folder.sample_path(step), ncols=len(sample.prompts),
-                         row_labels=[steps_label(k) for k in sample.steps], col_labels=sample.prompts)
+                         row_labels=[steps_label(k) for k in sample.steps], col_labels=sample.prompts,
+                         min_cell=SAMPLE_CELL)
     engine.pm.hook.on_samples(engine=engine, step=step, images=images, path=path)
     with writing("the loss curves", folder.path / "metrics.png"):
         plot_metrics(folder.metrics.read(), folder.path / "metrics.png")

@@ -33,6 +33,15 @@ def test_grid_places_each_image_in_its_cell(tmp_path):
     assert (arr[2:10, 12:20] == [255, 0, 0]).all() and (arr[2:10, 2:10] == 0).all()
 
 
+def test_small_images_are_enlarged_by_a_whole_factor_without_smoothing(tmp_path):
+    imgs = torch.zeros(2, 3, 16, 16)
+    imgs[0, :, 0, 0] = 1.0  # one white pixel in the first image's corner
+    path = save_grid(imgs, tmp_path / "g.png", ncols=2, pad=2, min_cell=40)  # 16 -> 48 (factor 3)
+    arr = np.asarray(Image.open(path))
+    assert arr.shape == (48 + 4, 2 * 50 + 2, 3)
+    assert (arr[2:5, 2:5] == 255).all() and (arr[5:50, 5:50] == 0).all()  # a sharp 3x3 block, nothing spread
+
+
 def test_labelled_grid_adds_margins(tmp_path):
     path = save_grid(torch.rand(4, 3, 8, 8), tmp_path / "g.png", ncols=2, row_labels=["1 step", "4 steps"],
                      col_labels=["a", "b"])
