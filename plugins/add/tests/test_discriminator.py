@@ -214,3 +214,17 @@ def test_open_clip_text_conditioning_with_a_small_random_tower(build_env):
     torch.testing.assert_close(c.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(c[0], c[2])
     assert not torch.allclose(c[0], c[1])
+
+
+def test_no_augmentation_survives_the_resolved_recipe():
+    """augment = "" must be written to recipe.toml as "" (None would be dropped, and reading the file back
+    would restore the default policy: a resolved recipe that does not reproduce the run)."""
+    import tomllib
+
+    from distillkit.recipe.toml_io import _dump
+    from distillkit_add.discriminator import DiscriminatorConfig
+
+    for given in ("", None):
+        config = DiscriminatorConfig(augment=given, feature_network="tiny", allow_random_init=True)
+        back = DiscriminatorConfig(**tomllib.loads(_dump({"p": config.model_dump()}, "t"))["p"])
+        assert back.augment == "" and not back.augment

@@ -74,7 +74,8 @@ class DiscriminatorConfig(pydantic.BaseModel):
     @classmethod
     def _policy(cls, v):
         parse_policy(v)
-        return v or None
+        return v or ""  # "" (not None) for no augmentation: None is dropped from recipe.toml, whose reader
+        # would then take the default policy
 
     @pydantic.field_validator("layers")
     @classmethod
