@@ -21,10 +21,17 @@ def err_console():
 
 
 def out_console():
-    """stdout: a command's result (the ``plugins`` table, ``validate``'s summary)."""
+    """stdout: a command's result (the ``plugins`` table, ``validate``'s summary).
+
+    Written to a file or a pipe (a log, CI), rich would fold wide tables into 80 columns until the names
+    vanish; there, lines may be as long as the table needs (up to 200 characters)."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False, emoji=False)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, emoji=False, width=width)
 
 
 def esc(value) -> str:

@@ -173,6 +173,7 @@ def plot(series: dict[str, list[tuple[int, float]]], metric: str, path: Path, pr
     """``metric`` against sampling steps, one line per method; ``reference`` names are drawn as lines
     without markers (the teacher's solver curves); the noise floor as a dashed line."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -191,6 +192,7 @@ def plot(series: dict[str, list[tuple[int, float]]], metric: str, path: Path, pr
     all_x = sorted({p[0] for pts in series.values() for p in pts})
     ax.set_xticks(all_x)
     ax.set_xticklabels([str(x) for x in all_x])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the measured step counts labelled
     ax.set_xlabel("sampling steps")
     label, higher = METRIC_LABELS.get(metric, (metric, False))
     if not higher and all(p[1] > 0 for pts in series.values() for p in pts):
@@ -199,8 +201,11 @@ def plot(series: dict[str, list[tuple[int, float]]], metric: str, path: Path, pr
     ax.set_title(f"{label} vs sampling steps — {protocol.get('name', '')}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.005, protocol_line(protocol)[:160], fontsize=6, color="0.4")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    import textwrap
+
+    footer = textwrap.wrap(protocol_line(protocol), 150)  # the whole protocol: a number without it is ambiguous
+    fig.text(0.01, 0.005, "\n".join(footer), fontsize=6, color="0.4", va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.018 * len(footer), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
