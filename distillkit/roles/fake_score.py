@@ -17,11 +17,12 @@ from typing import Optional
 import pydantic
 import torch
 
-from distillkit.diffusion import Prediction, guided
+from distillkit.diffusion import Prediction
 from distillkit.models.adapters import UNetRef
 from distillkit.models.backbone import UNetFeatures
 from distillkit.models.conditioning import Conditioning
 from distillkit.roles.critic import BuildEnv, Critic
+from distillkit.roles.teacher import guided_prediction
 
 
 class FakeScoreLora(pydantic.BaseModel):
@@ -68,16 +69,7 @@ class FakeScore(Critic):
                 scale: float = 1.0) -> Prediction:
         """The fake score's prediction with CFG ``scale`` (diffusers convention: 1 = conditional only,
         0 = unconditional only, negative = SiD's Anti-CFG); gradients flow through ``x_t``."""
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        if uncond is not None:
-            uncond = uncond.expand(x_t.shape[0])
-
-        def call(x, tt, c):
-            return self.backbone.denoise(self._ref, x, tt, c).output
-
-        out = guided(call, x_t, t, cond, uncond, scale)
-        alpha, sigma = self.backbone.schedule.coefficients(t, x_t)
-        return Prediction(out, self.backbone.prediction_type, x_t, alpha, sigma)
+        return guided_prediction(self.backbone, self._ref, x_t, t, cond, uncond, scale)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> UNetFeatures:
         """Encoder features of the fake score's pass (diffusion-GAN discriminators read them)."""

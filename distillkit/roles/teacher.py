@@ -25,6 +25,22 @@ def freeze_base(unet: torch.nn.Module) -> None:
     unet.eval()
 
 
+def guided_prediction(backbone: Backbone, unet: UNetRef, x_t: torch.Tensor, t, cond: Conditioning,
+                      uncond: Conditioning | None, scale: float) -> Prediction:
+    """``unet``'s CFG prediction at ``scale`` (diffusers' convention: 1 evaluates only ``cond``, 0 only
+    ``uncond``, negative is allowed), gradients through ``x_t``; shared by the teacher and the fake score."""
+    t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+    if uncond is not None:
+        uncond = uncond.expand(x_t.shape[0])
+
+    def call(x, tt, c):
+        return backbone.denoise(unet, x, tt, c).output
+
+    out = guided(call, x_t, t, cond, uncond, scale)
+    alpha, sigma = backbone.schedule.coefficients(t, x_t)
+    return Prediction(out, backbone.prediction_type, x_t, alpha, sigma)
+
+
 class Teacher:
     def __init__(self, backbone: Backbone, unet: "torch.nn.Module | UNetRef", guidance_scale: float = 1.0):
         self.backbone = backbone
@@ -39,16 +55,7 @@ class Teacher:
         ``cond`` is the conditional branch and ``uncond`` the unconditional one: scale 1 evaluates only
         ``cond``, 0 only ``uncond`` (diffusers' convention, see :func:`distillkit.diffusion.guided`)."""
         scale = self.guidance_scale if scale is None else scale
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        if uncond is not None:
-            uncond = uncond.expand(x_t.shape[0])
-
-        def call(x, tt, c):
-            return self.backbone.denoise(self.unet, x, tt, c).output
-
-        out = guided(call, x_t, t, cond, uncond, scale)
-        alpha, sigma = self.backbone.schedule.coefficients(t, x_t)
-        return Prediction(out, self.backbone.prediction_type, x_t, alpha, sigma)
+        return guided_prediction(self.backbone, self.unet, x_t, t, cond, uncond, scale)
 
     @torch.no_grad()
     def target(self, x_t, t, cond, uncond=None, scale=None) -> Prediction:
