@@ -44,27 +44,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-#: ``unet/config.json`` of runwayml/stable-diffusion-v1-5 (keys at their defaults left out): 859,520,964 params
-SD15_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8, "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-    "downsample_padding": 1, "mid_block_scale_factor": 1,
-}
+from distillkit.testing.real_configs import SD15_UNET, SDXL_UNET, meta_unet  # noqa: E402
 
-#: ``unet/config.json`` of stabilityai/stable-diffusion-xl-base-1.0 (keys at their defaults left out): 2,567,463,684
-SDXL_UNET = {
-    "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": [320, 640, 1280], "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "transformer_layers_per_block": [1, 2, 10], "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
-    "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-    "downsample_padding": 1, "mid_block_scale_factor": 1,
-}
 
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # distillkit's default adapter targets
 LORA_RANK = 64
@@ -128,14 +109,6 @@ def count(layout: Layout, unet_params: int, lora_params: int, frozen_bytes: int 
     return Counted(copies=1 + sum(kind == "full" for kind in layout.roles().values()),
                    weights=unet_params * frozen_bytes + n * TRAINED_BYTES, grads=n * TRAINED_BYTES,
                    adam=n * ADAM_BYTES, grads_by_role={r: k * TRAINED_BYTES for r, k in trained.items()})
-
-
-def meta_unet(config: dict) -> torch.nn.Module:
-    """The UNet of ``config`` with every tensor on the meta device: shapes without memory."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        return UNet2DConditionModel(**config)
 
 
 def real_size_table(rank: int = LORA_RANK) -> str:

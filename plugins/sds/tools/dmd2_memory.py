@@ -16,30 +16,7 @@ from __future__ import annotations
 
 import torch
 
-SD15_UNET = dict(
-    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], center_input_sample=False,
-    cross_attention_dim=768, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], downsample_padding=1,
-    flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-5,
-    norm_num_groups=32, out_channels=4, sample_size=64,
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
-
-SDXL_UNET = dict(
-    addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
-    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], center_input_sample=False,
-    cross_attention_dim=2048, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
-    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4,
-    projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=[1, 2, 10],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], use_linear_projection=True)
-
-VAE = dict(act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-           in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, out_channels=3,
-           sample_size=512, up_block_types=["UpDecoderBlock2D"] * 4)
-
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
-CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+from distillkit.testing.real_configs import CLIP_BIGG, CLIP_L, SD15_UNET, SDXL_UNET, VAE
 
 
 def count(module: torch.nn.Module) -> int:
