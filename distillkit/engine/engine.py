@@ -18,9 +18,11 @@ import torch
 
 from distillkit import checkpoint as fmt
 from distillkit.engine import start
+from distillkit.engine.budget import COUNTERS, count_unet_passes, limit_reached, new_counters, spent
 from distillkit.engine.build import build_roles
 from distillkit.engine.memory import apply_savers, make_ema
 from distillkit.engine.outputs import write_samples
+from distillkit.engine.progress import StepProgress
 from distillkit.engine.rundir import RunFolder
 from distillkit.engine.sharding import consolidated, plain_student
 from distillkit.engine.state import read_state, restore_counters, write_state
@@ -31,9 +33,6 @@ from distillkit.files import give_ordinary_mode, writing
 from distillkit.losses.base import Phase
 
 log = logging.getLogger("distillkit")
-
-COUNTERS = ("student_updates", "images_seen", "backward_passes", "student_samples", "unet_forward_samples")
-
 
 class Engine:
     """Distillation engine. Build with :meth:`from_recipe`, then :meth:`fit` or drive :meth:`step`."""
@@ -54,7 +53,7 @@ class Engine:
         self.output_dir = Path(output_dir) if output_dir is not None else self.recipe.output_path()
         self.folder = RunFolder(self.output_dir, self.recipe.run.keep_checkpoints)
         self.global_step = 0
-        self.counters: dict[str, Any] = {**{k: 0 for k in COUNTERS}, "critic_updates": {}, "wall_s": 0.0}
+        self.counters: dict[str, Any] = new_counters()
         self._nonfinite_streak = 0
         self._stop_requested = False
         self._is_setup = False
@@ -130,7 +129,7 @@ class Engine:
             t.optimizer = acc.prepare(t.optimizer)
         self.ema = make_ema(self.student, r.student.ema)
         self.runner = StepRunner(roles, r, acc, self.data, self.counters)
-        self._count_unet_passes(roles)
+        count_unet_passes(roles, self.counters)
         self._maybe_resume(recipe_text)
         self._shard(roles, acc)  # after the restore: checkpoints hold whole networks (engine/sharding.py)
         self._is_setup = True
@@ -152,22 +151,6 @@ class Engine:
         if have != want:
             raise DistillkitError(f"train.mixed_precision is {want!r} but the Accelerator passed to the engine uses "
                                   f"{have!r}; make them agree (the recipe records what the run used)")
-
-    def _count_unet_passes(self, roles) -> None:
-        """Budget: samples through any UNet forward (teacher, student, critics), counted by forward hooks."""
-        seen: set[int] = set()
-        modules = [roles.backbone.base_unet, roles.backbone.teacher_unet, roles.student.unet.module]
-        for critic in roles.critics.values():
-            modules += [m for m in critic.modules() if hasattr(m, "down_blocks")]
-            modules += [ref.module for ref in getattr(critic, "_adopted", {}).values()]
-        for m in modules:
-            if isinstance(m, torch.nn.Module) and id(m) not in seen:
-                seen.add(id(m))
-                m.register_forward_pre_hook(self._count_pass)
-
-    def _count_pass(self, _module, args) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            self.counters["unet_forward_samples"] += int(args[0].shape[0])
 
     # -- the step API (also what the contract suite drives) ---------------------------------------
     def prepare_batch(self, raw: dict) -> Batch:
@@ -236,21 +219,11 @@ class Engine:
 
     def budget(self, prefixed: bool = False) -> dict[str, Any]:
         """What the run has spent so far: updates, images, passes, wall time (summed over resumes)."""
-        flat = {k: v for k, v in self.counters.items() if k != "critic_updates"}
-        flat["critic_updates"] = sum(self.counters["critic_updates"].values())
-        for cid, n in self.counters["critic_updates"].items():
-            flat[f"critic_updates/{cid}"] = n
-        return {f"budget/{k}": v for k, v in flat.items()} if prefixed else flat
+        return spent(self.counters, prefixed)
 
     def budget_reached(self) -> Optional[str]:
         """The first of ``run.max_time``/``max_student_updates``/``max_images`` that has been reached."""
-        r, c = self.recipe.run, self.counters
-        for key, limit, spent in (("max_time", r.max_time, c["wall_s"]),
-                                  ("max_student_updates", r.max_student_updates, c["student_updates"]),
-                                  ("max_images", r.max_images, c["images_seen"])):
-            if limit and spent >= limit:
-                return f"run.{key} = {limit:g} reached"
-        return None
+        return limit_reached(self.recipe.run, self.counters)
 
     def _check_finite(self, bad: Optional[str]) -> None:
         if bad is None:
@@ -293,15 +266,11 @@ class Engine:
         r = self.recipe.run
         end = max_steps or r.max_steps
         status = "completed"
-        bar = _progress(self.is_main and progress)
         try:
-            with bar:
-                task = bar.add_task(f"[bold]{escape(r.name)}", total=end, completed=self.global_step)
+            with StepProgress(r.name, end, self.global_step, self.is_main and progress) as bar:
                 while self.global_step < end and not self.budget_reached():
                     metrics = self.step()
-                    total = metrics.get("generator/total")
-                    bar.update(task, advance=1, description=f"[bold]{escape(r.name)}[/]" +
-                               (f" loss {total:.4g}" if total is not None else ""))
+                    bar.advance(metrics)
                     if self._stop_requested:
                         if self.global_step % r.checkpoint_every:
                             self.save_checkpoint()
@@ -411,17 +380,3 @@ class Engine:
             give_ordinary_mode(Path(path).rglob("*.safetensors"), Path(path))  # safetensors writes them 0600
         return path
 
-
-def escape(text: str) -> str:
-    """A user's run name shown in the progress bar keeps any ``[...]`` it contains."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)

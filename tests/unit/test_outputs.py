@@ -255,3 +255,16 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_its_name(tmp_path, capl
     assert "taking over the lock left by process" in caplog.text
     lock.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_progress_bar_shows_a_run_name_with_brackets_as_written():
+    """rich reads ``[...]`` as markup: an unescaped ``add[xl]`` would show as ``add`` (or raise)."""
+    from rich.text import Text
+
+    from distillkit.engine.progress import StepProgress
+
+    bar = StepProgress("add[xl]", total=10, completed=0, enabled=False)
+    assert Text.from_markup(bar.bar.tasks[0].description).plain == "add[xl]"
+    bar.advance({"generator/total": 0.5})
+    assert Text.from_markup(bar.bar.tasks[0].description).plain == "add[xl] loss 0.5"
+    assert bar.bar.tasks[0].completed == 1
