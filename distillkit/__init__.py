@@ -34,12 +34,13 @@ _EXPORTS = {
     "Student": "distillkit.roles",
     "Teacher": "distillkit.roles",
     "hookimpl": "distillkit.hookspecs",
+    "ordered": "distillkit.config_base",
 }
 
 __all__ = [
     "Backbone", "BuildEnv", "Conditioning", "Critic", "DistillkitError", "Engine", "Loss", "LossOutput",
     "ModelLoadError", "NoiseSchedule", "NonFiniteLossError", "Phase", "PluginError", "Prediction",
-    "RecipeError", "Registry", "StepContext", "Student", "Teacher", "hookimpl",
+    "RecipeError", "Registry", "StepContext", "Student", "Teacher", "hookimpl", "ordered",
 ]
 
 

@@ -14,8 +14,8 @@ Nothing here is specific to the toy world: the same loss fine-tunes any family's
 from __future__ import annotations
 
 import pydantic
-import torch
 
+from distillkit.config_base import ordered
 from distillkit.diffusion.param import v_from_x0_eps
 from distillkit.losses.base import Loss, LossOutput, StepContext
 
@@ -28,11 +28,7 @@ class DenoisingConfig(pydantic.BaseModel):
     t_min: int = pydantic.Field(0, ge=0, description="smallest training timestep")
     t_max: int = pydantic.Field(999, ge=0, description="largest training timestep (inclusive)")
 
-    @pydantic.model_validator(mode="after")
-    def _range(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = ordered()  # t_min <= t_max
 
 
 class Denoising(Loss):

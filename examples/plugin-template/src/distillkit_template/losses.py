@@ -36,11 +36,7 @@ class AnchoredGANConfig(pydantic.BaseModel):
         1.0, ge=0, allow_inf_nan=False,
         description="weight of the teacher anchor ||x̂θ - sg(teacher x̂0)||² beside the GAN term; 0 = GAN only")
 
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = distillkit.ordered()  # t_min <= t_max
 
 
 class AnchoredGAN(distillkit.Loss):

@@ -21,6 +21,7 @@ from typing import Literal, Optional
 import pydantic
 import torch
 
+from distillkit.config_base import ordered
 from distillkit.losses.base import Loss, LossOutput, StepContext
 from distillkit.models.conditioning import Conditioning
 
@@ -122,11 +123,7 @@ class DistillConfig(pydantic.BaseModel):
     nfsd_negative_prompt: str = pydantic.Field(Fn.NFSD_NEGATIVE_PROMPT, description="y_neg of δ_D [NFSD paper]")
     nfsd_threshold: int = pydantic.Field(200, ge=0, description="δ_D = ε(∅) below this t [NFSD paper]")
 
-    @pydantic.model_validator(mode="after")
-    def _range(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = ordered()  # t_min <= t_max
 
 
 class Distill(Loss):

@@ -15,6 +15,7 @@ from typing import Optional
 import pydantic
 import torch
 
+from distillkit.config_base import ordered
 from distillkit.diffusion.score_weights import Weighting, score_weight
 from distillkit.losses.base import LossOutput, StepContext
 
@@ -35,11 +36,7 @@ class SurrogateConfig(pydantic.BaseModel):
     nan_to_num: bool = pydantic.Field(True, description="replace NaN/Inf in the direction before the surrogate "
                                                         "[code: threestudio and DMD2 always do]")
 
-    @pydantic.model_validator(mode="after")
-    def _range(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = ordered()  # t_min <= t_max
 
 
 class WeightedConfig(SurrogateConfig):

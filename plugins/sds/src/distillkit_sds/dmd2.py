@@ -32,6 +32,7 @@ from typing import Optional
 import pydantic
 import torch
 
+from distillkit.config_base import ordered
 from distillkit.losses.base import Loss, LossOutput, StepContext
 
 from distillkit_sds import functional as Fn
@@ -91,11 +92,7 @@ class DMD2GANConfig(pydantic.BaseModel):
                                                      "diffusion_gan_max_timestep 1000 → 0..999]")
     t_max: int = pydantic.Field(999, ge=0)
 
-    @pydantic.model_validator(mode="after")
-    def _range(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = ordered()  # t_min <= t_max
 
 
 class DMD2GAN(Loss):

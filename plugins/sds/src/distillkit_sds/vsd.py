@@ -28,6 +28,7 @@ from typing import Optional
 import pydantic
 import torch
 
+from distillkit.config_base import ordered
 from distillkit.losses.base import Loss, LossOutput, StepContext
 
 from distillkit_sds import functional as Fn
@@ -46,11 +47,7 @@ class FakeScoreTraining(pydantic.BaseModel):
         1.0, description="CFG scale of the fake score in the generator direction (1 = conditional branch only) "
                          "[code: threestudio guidance_scale_lora 1.0; DMD2 asserts 1]")
 
-    @pydantic.model_validator(mode="after")
-    def _fake_range(self):
-        if self.fake_t_min > self.fake_t_max:
-            raise ValueError(f"fake_t_min ({self.fake_t_min}) must not exceed fake_t_max ({self.fake_t_max})")
-        return self
+    _fake_range = ordered("fake_t_min", "fake_t_max")
 
 
 class VSDConfig(WeightedConfig, FakeScoreTraining):

@@ -46,11 +46,7 @@ class GANConfig(pydantic.BaseModel):
     t_min: int = pydantic.Field(20, ge=0, le=999, description="t range; keep it equal to sid.sid's to share its draw")
     t_max: int = pydantic.Field(979, ge=0, le=999)
 
-    @pydantic.model_validator(mode="after")
-    def _range(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
-        return self
+    _t_range = distillkit.ordered()  # t_min <= t_max
 
 
 class DiffusionGAN(distillkit.Loss):

@@ -61,10 +61,10 @@ class SiDConfig(pydantic.BaseModel):
         True, description="differentiate through the teacher's and the fake score's inputs (SiD); false keeps only "
                           "the direct path (an ablation, not SiD)")
 
+    _t_range = distillkit.ordered()  # t_min <= t_max
+
     @pydantic.model_validator(mode="after")
-    def _consistent(self):
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
+    def _guidance(self):
         strategies.check(self.guidance, self.fake_train_scale, self.fake_scale, self.teacher_scale)
         return self
 
