@@ -316,6 +316,8 @@ class Engine:
             return None
         start.hold_folder(self)
         info = {"step": self.global_step, "nonfinite_streak": self._nonfinite_streak, "counters": self.counters}
+        if self.ema is not None:
+            info["ema_updates"] = self.ema.updates
         scaler = getattr(self.accelerator, "scaler", None)
         path = self.folder.checkpoints.write(self.global_step, lambda tmp: write_state(
             tmp, trained, critics, ema, scaler, info, self._recipe_text))
@@ -332,6 +334,8 @@ class Engine:
         state = read_state(Path(path), self.trained, self.critics, self.student, self.ema,
                            getattr(self.accelerator, "scaler", None))
         restore_counters(self, state, COUNTERS + ("wall_s",))
+        if self.ema is not None:  # checkpoints before the ramp-up existed: one EMA update per student update
+            self.ema.updates = int(state.get("ema_updates", self.counters["student_updates"]))
 
     def _maybe_resume(self, recipe_text: str) -> None:
         """Resume as ``run.resume`` says, then (only then) write this start into the run folder."""

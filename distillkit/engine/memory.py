@@ -133,20 +133,8 @@ class OffloadedEMA(EMA):
     """The student's EMA held in CPU memory (fp32): for a full SDXL student that is 10 GB of accelerator
     memory freed, for one device-to-host copy of the weights per update."""
 
-    def __init__(self, named_params: dict[str, torch.nn.Parameter], decay: float):
-        self.decay = decay
-        self.params = named_params
-        self.shadow = {n: p.detach().float().cpu().clone() for n, p in named_params.items()}
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for n, p in self.params.items():
-            self.shadow[n].lerp_(p.detach().float().cpu(), 1.0 - self.decay)
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        for n, p in self.params.items():
-            self.shadow[n].copy_(p.detach().float().cpu())
+    def _as_shadow(self, p: torch.Tensor) -> torch.Tensor:
+        return p.detach().float().cpu()
 
 
 def make_ema(student, cfg) -> Optional[EMA]:
@@ -154,7 +142,7 @@ def make_ema(student, cfg) -> Optional[EMA]:
     if cfg is None:
         return None
     cls = OffloadedEMA if cfg.offload else EMA
-    return cls(student.named_parameters(), cfg.decay)
+    return cls(student.named_parameters(), cfg.decay, cfg.rampup)
 
 
 # -- text-embedding cache -----------------------------------------------------------------------------

@@ -82,6 +82,9 @@ class LoraConfig(Section):
 
 class EMAConfig(Section):
     decay: float = Field(0.999, gt=0, lt=1)
+    rampup: float = Field(0.0, ge=0, le=1, description="EDM's ema_rampup_ratio: the half-life is at most this "
+                                                       "share of the updates so far (0.05 in EDM and SiD's "
+                                                       "code); 0 = the fixed decay from the first update")
     start_step: int = Field(0, ge=0)
     offload: bool = Field(False, description="keep the EMA copy in CPU memory (one device-to-host copy per update)")
 

@@ -91,18 +91,18 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_sd15_path, tmp
     full = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "a", run={
         "output_dir": str(tmp_path / "a"), "max_steps": 4, "checkpoint_every": 2, "sample_every": 0,
         "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
-                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9, "rampup": 0.5}}))
     full.fit()
 
     first = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "b", run={
         "output_dir": str(tmp_path / "b"), "max_steps": 2, "checkpoint_every": 2, "sample_every": 0,
         "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
-                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9, "rampup": 0.5}}))
     first.fit()
     second = Engine.from_recipe(recipe(tiny_sd15_path, tmp_path / "b", run={
         "output_dir": str(tmp_path / "b"), "max_steps": 4, "checkpoint_every": 2, "sample_every": 0,
         "progress": False, "seed": 3}, student={"timesteps": [999, 499], "input": "noise",
-                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9}}))
+                                                  "optim": {"lr": 1e-3}, "ema": {"decay": 0.9, "rampup": 0.5}}))
     second.setup()
     assert second.global_step == 2
     second.fit()

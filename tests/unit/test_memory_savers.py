@@ -183,6 +183,25 @@ def test_offloaded_ema_matches_the_ema_on_the_device():
     torch.testing.assert_close(off.shadow["w"], plain.shadow["w"])
 
 
+def test_ema_rampup_caps_the_half_life_at_a_share_of_the_updates():
+    from distillkit.engine.ema import EMA, ramped_decay
+
+    assert ramped_decay(0.999, 0.0, 1) == 0.999  # no ramp-up: the fixed decay from the first update
+    # rampup 0.05 at update 101 (100 before it, as EDM counts): half-life 5 updates, so decay 0.5^(1/5)
+    assert abs(ramped_decay(0.999, 0.05, 101) - 0.5**0.2) < 1e-12
+    # later the decay's own half-life (log 0.5 / log 0.999 = 692.8 updates) is the shorter: back to 0.999
+    assert abs(ramped_decay(0.999, 0.05, 20_000) - 0.999) < 1e-12
+    p = torch.nn.Parameter(torch.zeros(1))
+    ema = EMA({"w": p}, 0.9, rampup=1.0)  # half-lives 0, 1, 2 updates: decays 0, 0.5, 0.5^(1/2)
+    for v in (2.0, 4.0, 8.0):
+        p.data.fill_(v)
+        ema.update()
+    # 2 (a copy), then 0.5·2 + 0.5·4 = 3, then 0.5^(1/2)·3 + (1 − 0.5^(1/2))·8
+    torch.testing.assert_close(ema.shadow["w"], torch.tensor([0.5**0.5 * 3.0 + (1 - 0.5**0.5) * 8.0]))
+    ema.reset()
+    assert ema.updates == 0  # the ramp restarts with the average
+
+
 def test_teacher_block_offload_moves_each_block_and_keeps_gradients(tiny_sd15):
     from distillkit.roles.teacher import Teacher
 
