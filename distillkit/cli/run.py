@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 from distillkit.cli.common import add_recipe_args
 
@@ -32,33 +33,38 @@ class GracefulStop:
     before the engine sets up); during set-up, stop when it is done; during training, finish the
     step, checkpoint and exit 130. A second one aborts at once. Without it, a SIGTERM in the seconds
     spent importing torch killed the process with status 143 and no word.
+
+    The handler runs between any two bytecodes, possibly halfway through an import, so it imports
+    nothing and writes plain text: it used to import the rich console to colour its line, which can fail
+    on a half-initialised module, and the ImportError was swallowed by the import code it interrupted
+    (caught in CI: the stop was lost and the run went on to its data check).
     """
 
     def __init__(self):
         self.engine = None
-        self.requested = False
+        self.requested: str | None = None  # the signal's name, once one came
+        self.announced = False
 
     def __call__(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        from distillkit.cli import output
-
-        name = signal.Signals(signum).name
-        if self.engine is None or not getattr(self.engine, "_is_setup", False):
-            output.note(f"{name}: stopping before training starts (send it again to abort now)", "yellow")
-        else:
-            output.note(f"{name}: stopping after this step with a checkpoint (send it again to abort now)",
-                        "yellow")
+        self.requested = signal.Signals(signum).name
         if self.engine is None:
-            raise StopBeforeTraining
+            raise StopBeforeTraining  # run() says so, outside the handler
+        set_up = getattr(self.engine, "_is_setup", False)
+        what = "stopping after this step with a checkpoint" if set_up else "stopping before training starts"
+        sys.stderr.write(f"{self.requested}: {what} (send it again to abort now)\n")
+        sys.stderr.flush()
+        self.announced = True
         self.engine.request_stop()
 
     def attach(self, engine) -> None:
         self.engine = engine
 
 
-def _stopped_early(output) -> int:
+def _stopped_early(output, stop: GracefulStop) -> int:
+    if not stop.announced:
+        output.note(f"{stop.requested}: stopping before training starts", "yellow")
     output.note("interrupted before the first training step; nothing was trained. Run the same command "
                 "to start again", "yellow")
     return 130
@@ -91,12 +97,14 @@ def run(args) -> int:
             from distillkit.engine import Engine
 
             engine = Engine.from_recipe(args.recipe, args.overrides, allow_changes=args.allow_changes)
-            stop.attach(engine)
         except StopBeforeTraining:
-            return _stopped_early(output)
+            return _stopped_early(output, stop)
+        if stop.requested:  # the handler's exception was swallowed by a library's bare `except:`
+            return _stopped_early(output, stop)
+        stop.attach(engine)
         engine.setup()  # missing weight files (validate's warnings) stop here, before any model loads
         if stop.requested:  # a signal during set-up: the run folder is consistent, no step was taken
-            return _stopped_early(output)
+            return _stopped_early(output, stop)
         if engine.global_step:
             output.note(f"resumed from step {engine.global_step}")
         status = engine.fit()
