@@ -23,7 +23,7 @@ from distillkit.recipe.checks import (
 )
 from distillkit.recipe.messages import format_validation_error
 from distillkit.recipe.problems import Problem, unique
-from distillkit.recipe.schema import CriticEntry, LossEntry, Recipe
+from distillkit.recipe.schema import CriticEntry, LossEntry, Recipe, SampleConfig
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from distillkit.losses.base import Loss
@@ -278,10 +278,13 @@ def resolve_partial(data: Mapping, registry: "Registry", *, check_environment: b
     if all_critics and all_losses and len(set(ids)) == len(ids):
         bind_critics(found.roles, [c for _, c in critics], problems, unknown_critics=found.unknown_critics)
     sections = {key: _section(data, key, Recipe.model_fields[key].annotation)
-                for key in ("run", "model", "student", "data", "train")}
+                for key in ("run", "model", "student", "data", "train", "sample")}
     if family is not None and all(sections[k] is not None for k in ("model", "student", "data")):
-        # the family's checks read only these sections; the others keep their defaults
-        partial = Recipe.model_construct(**{k: sections[k] for k in ("model", "student", "data")})
+        # The family's checks read these sections; the others keep their defaults. An invalid [sample] is
+        # passed on with no prompts: its defaults are no prompts of this recipe (a toy recipe whose only
+        # problem was sample.steps was told that the default SD prompts are not toy prompts).
+        sample = sections["sample"] or SampleConfig.model_construct(prompts=[], steps=None)
+        partial = Recipe.model_construct(**{k: sections[k] for k in ("model", "student", "data")}, sample=sample)
         problems += model_problems(family, partial)
     if sections["train"] is not None:
         problems += device_problems(sections["train"], check_environment)

@@ -95,3 +95,17 @@ def test_families_are_registered():
     reg = Registry.discover()
     assert reg.backbone("toy") is ToyBackbone and reg.backbone("toy_exact") is ToyExactBackbone
     assert "core.denoising" in reg.losses
+
+
+def test_a_cross_section_problem_does_not_bring_default_prompts_into_the_report(toy_folder):
+    # Caught before: with sample.steps out of range, the family's checks ran on a partial recipe that had the
+    # default [sample] (SD prompts), so the report also said the recipe's sample prompts were not toy prompts.
+    from distillkit.errors import RecipeError
+    from distillkit.recipe import load_recipe
+
+    data = {"model": {"family": "toy", "pretrained": str(toy_folder)}, "losses": [{"name": "core.regression"}],
+            "data": {"prompts": ["a red circle"], "resolution": 8}, "student": {"input": "noise", "timesteps": [625]},
+            "sample": {"prompts": ["a red circle"], "steps": [1, 4]}, "run": {"output_dir": str(toy_folder / "r")}}
+    with pytest.raises(RecipeError) as info:
+        load_recipe(data)
+    assert [p.path for p in info.value.problems] == ["sample.steps"]
