@@ -95,6 +95,19 @@ def model_problems(backbone_cls: type["Backbone"], recipe: Recipe) -> list[Probl
                                         f"({type(exc).__name__}: {exc}); this is a bug in its plugin")]
 
 
+def critic_problems(j: int, name: str, critic_cls, config, recipe: Recipe) -> list[Problem]:
+    """What the ``critics[j]`` entry finds in the rest of the recipe (``Critic.recipe_problems``), its
+    fields named in full; a failing check is reported as a problem of its plugin rather than a traceback."""
+    check = getattr(critic_cls, "recipe_problems", None)
+    if check is None:
+        return []
+    try:
+        return [Problem(f"critics[{j}].params.{field}", message) for field, message in check(config, recipe)]
+    except Exception as exc:  # noqa: BLE001 - a broken check must not hide the recipe's other problems
+        return [Problem(f"critics[{j}].name", f"the {name!r} critic's recipe check failed "
+                                              f"({type(exc).__name__}: {exc}); this is a bug in its plugin")]
+
+
 # -- the machine -------------------------------------------------------------------------------------
 def device_problems(train: TrainConfig, environment: bool = True) -> list[Problem]:
     """``train.device`` must name a device this machine has; fp16 needs a GPU (on a CPU, accelerate would

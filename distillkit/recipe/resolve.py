@@ -19,7 +19,8 @@ import pydantic
 from distillkit.errors import PluginError, RecipeError
 from distillkit.recipe.binding import bind_critics, critic_roles
 from distillkit.recipe.checks import (
-    device_problems, machine_and_folder_problems, model_problems, output_dir_problems, resume_problems,
+    critic_problems, device_problems, machine_and_folder_problems, model_problems, output_dir_problems,
+    resume_problems,
 )
 from distillkit.recipe.messages import format_validation_error
 from distillkit.recipe.problems import Problem, unique
@@ -204,6 +205,9 @@ def resolve(recipe: Recipe, registry: "Registry", *, source: str | Path | None =
     binding = bind_critics(found.roles, recipe.critics, problems, unknown_critics=found.unknown_critics)
     if backbone_cls is not None:
         problems += model_problems(backbone_cls, recipe)
+    for j, rc in found.critics.items():
+        if rc.entry.enabled:
+            problems += critic_problems(j, rc.entry.name, rc.cls, rc.config, recipe)
     problems += machine_and_folder_problems(recipe, check_environment)
     if problems:
         raise RecipeError(unique(problems), None if source is None else str(source))

@@ -93,6 +93,16 @@ class Critic(torch.nn.Module):
         """
         return []
 
+    @classmethod
+    def recipe_problems(cls, config: pydantic.BaseModel, recipe) -> list[tuple[str, str]]:
+        """What this critic's params cannot work with in the rest of the recipe (the student, the data),
+        found without loading anything: ``(field under this entry's params, message)`` pairs.
+
+        Reported with the recipe's other problems, by ``distillkit validate`` and before ``run`` loads a
+        model; a message should say what to change.
+        """
+        return []
+
     def adopt(self, key: str, ref: UNetRef) -> UNetRef:
         """Make an adapter on a shared UNet part of this critic (its weights are checkpointed as
         ``<key>.<name>``). A ref to a module of the critic's own should be a submodule instead."""

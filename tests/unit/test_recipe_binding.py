@@ -65,6 +65,24 @@ class Inconsistent(distillkit.Loss):
     generator_loss = _not_run
 
 
+class Picky(distillkit.Critic):
+    """A critic with a check of the rest of the recipe (``Critic.recipe_problems``)."""
+
+    name = "picky"
+
+    @classmethod
+    def recipe_problems(cls, config, recipe):
+        if recipe.student.input != "real":
+            return [("mode", f"works only with student.input = 'real', not {recipe.student.input!r}")]
+        return []
+
+
+class AgainstPicky(distillkit.Loss):
+    name = "against_picky"
+    critic = "t.picky"
+    generator_loss = critic_loss = _not_run
+
+
 class ToyPlugin:
     @distillkit.hookimpl
     def register_backbones(self, register):
@@ -72,13 +90,14 @@ class ToyPlugin:
 
     @distillkit.hookimpl
     def register_losses(self, register):
-        for cls in (TwoRoles, OneRole, GeneratorOnly, CriticOnly, Inconsistent):
+        for cls in (TwoRoles, OneRole, GeneratorOnly, CriticOnly, Inconsistent, AgainstPicky):
             register(cls)
 
     @distillkit.hookimpl
     def register_critics(self, register):
         register(FakeScore)
         register(GanHead)
+        register(Picky)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +256,20 @@ def test_every_binding_problem_is_reported_at_once(registry):
         "losses[3].critics.fake_scor",  # and no second problem for the fake_score role it was meant for
         "losses[3].critics.gan_head",  # 'a' is a fake score
     ]), problems
+
+
+def test_a_critic_checks_the_rest_of_the_recipe_before_anything_loads(registry, monkeypatch):
+    data = recipe([{"name": "t.picky"}], [{"name": "t.against_picky"}])
+    problem = one_problem(data, registry)
+    assert problem.path == "critics[0].params.mode" and "not 'noise'" in problem.message
+    # a disabled entry is not checked against the recipe
+    off = recipe([{"name": "t.picky", "enabled": False}], [{"name": "t.against_picky", "enabled": False},
+                                                           {"name": "t.gen"}])
+    load_recipe(off, registry=registry)
+
+    def broken(cls, config, recipe):
+        raise KeyError("student")
+
+    monkeypatch.setattr(Picky, "recipe_problems", classmethod(broken))
+    problem = one_problem(data, registry)  # a bug in the check is the plugin's, named as such
+    assert problem.path == "critics[0].name" and "'t.picky' critic's recipe check failed" in problem.message

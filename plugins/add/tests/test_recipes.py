@@ -122,3 +122,16 @@ def test_tiny_end_to_end_run(tiny_sd15_path, tmp_path):
     for k, v in disc.trainable_state_dict().items():
         assert torch.equal(restored[k], v), k
     assert any(k.endswith("_u") for k in restored)
+
+
+def test_image_conditioning_with_a_pure_noise_student_is_refused_naming_the_fix():
+    # With student.input = "noise" no real image is behind a generated one; conditioning the heads on an
+    # unrelated real image's embedding gave the toy runs a blurred "average of two images" look.
+    noise = ["student.input=noise", "student.timesteps=[999]", "sample.steps=[1]"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(RECIPES / "add_sd15.toml", noise)
+    (problem,) = info.value.problems
+    assert problem.path == "critics[0].params.image_conditioning"
+    assert "image_conditioning = false" in problem.message
+    resolved = load_recipe(RECIPES / "add_sd15.toml", [*noise, "critics[0].params.image_conditioning=false"])
+    assert resolved.recipe.student.input == "noise"

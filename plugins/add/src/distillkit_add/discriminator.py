@@ -108,6 +108,17 @@ class Discriminator(Critic):
     name = "discriminator"
     Config = DiscriminatorConfig
 
+    @classmethod
+    def recipe_problems(cls, config: DiscriminatorConfig, recipe) -> list[tuple[str, str]]:
+        # c_img is the embedding of the real image each student input was noised from (ADD §3.2). A student
+        # fed pure noise has no such image: pairing its output with an unrelated real image lets the heads
+        # tell real from fake by the mismatch alone, and pulls every sample towards a random real image.
+        if config.image_conditioning and recipe.student.input == "noise":
+            return [("image_conditioning", "the student's inputs are pure noise (student.input = 'noise'), so no "
+                                           "real image is behind a generated one to condition on: set "
+                                           "image_conditioning = false, or student.input = 'real'")]
+        return []
+
     def __init__(self, config: DiscriminatorConfig, env: BuildEnv):
         super().__init__(config, env)
         cfg = config
