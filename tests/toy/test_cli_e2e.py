@@ -70,11 +70,12 @@ def test_run_eval_compare(taught, toy_data, tmp_path):
     code = main(["run", str(root / "recipes" / "quickstart_add.toml"), "--set", f"model.pretrained={taught}",
                  "--set", f"data.images={toy_data}", "--set", "data.resolution=8", "--set", f"run.output_dir={run}",
                  "--set", "run.max_steps=2", "--set", "run.checkpoint_every=2", "--set", "run.sample_every=0",
-                 "--set", "data.batch_size=4", "--set", "run.progress=false"])
+                 "--set", "data.batch_size=4", "--set", "run.progress=false",
+                 "--set", "student.timesteps=[625, 250]", "--set", "sample.steps=[1, 2]"])  # eval: two step counts
     assert code == 0
     assert main(["eval", str(run), "--per-prompt", "4"]) == 0
     record = json.loads((run / "eval" / "toy-4.json").read_text())
-    assert [r["steps"] for r in record["results"]] == [1, 4]
+    assert [r["steps"] for r in record["results"]] == [1, 2]
     assert record["protocol"]["count"] == 16 and record["protocol"]["name"] == "toy-4"
     assert set(record["noise_floor"]) == {"fd", "mode_tv", "modes", "alignment", "precision"}
     assert record["budget"]["student_updates"] == 2 and record["method"] == "add.adversarial + add.distill"
