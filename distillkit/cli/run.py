@@ -36,8 +36,9 @@ class GracefulStop:
 
     The handler runs between any two bytecodes, possibly halfway through an import, so it imports
     nothing and writes plain text: it used to import the rich console to colour its line, which can fail
-    on a half-initialised module, and the ImportError was swallowed by the import code it interrupted
-    (caught in CI: the stop was lost and the run went on to its data check).
+    on a half-initialised module; the ImportError then met the ``except ImportError`` around the import
+    it had interrupted (``quiet_library_progress``), and the stop was lost (caught in CI: the run went on
+    to its data check).
     """
 
     def __init__(self):
