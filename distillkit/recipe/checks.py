@@ -82,30 +82,28 @@ def diffusers_folder_problems(recipe: Recipe, *, spatial_factor: int, has_vae: b
     return problems
 
 
-def model_problems(backbone_cls: type["Backbone"], recipe: Recipe) -> list[Problem]:
-    """What the model family finds in the recipe (``Backbone.recipe_problems``); a failing check is reported
-    as a problem of the family's plugin rather than a traceback."""
-    check = getattr(backbone_cls, "recipe_problems", None)
-    if check is None:
-        return []
+def _plugin_check(where: str, whose: str, check) -> list[Problem]:
+    """The problems ``check()`` returns; a check that fails is reported at ``where`` as a bug in ``whose``
+    plugin rather than as a traceback, so that it does not hide the recipe's other problems."""
     try:
-        return [Problem.of(p) for p in check(recipe)]
-    except Exception as exc:  # noqa: BLE001 - a broken family check must not hide the recipe's other problems
-        return [Problem("model.family", f"the {backbone_cls.family!r} family's recipe check failed "
-                                        f"({type(exc).__name__}: {exc}); this is a bug in its plugin")]
+        return check()
+    except Exception as exc:  # noqa: BLE001 - any failure of plugin code is reported the same way
+        return [Problem(where, f"{whose} recipe check failed ({type(exc).__name__}: {exc}); this is a bug in "
+                               f"its plugin")]
+
+
+def model_problems(backbone_cls: type["Backbone"], recipe: Recipe) -> list[Problem]:
+    """What the model family finds in the recipe (``Backbone.recipe_problems``)."""
+    return _plugin_check("model.family", f"the {backbone_cls.family!r} family's",
+                         lambda: [Problem.of(p) for p in backbone_cls.recipe_problems(recipe)])
 
 
 def critic_problems(j: int, name: str, critic_cls, config, recipe: Recipe) -> list[Problem]:
     """What the ``critics[j]`` entry finds in the rest of the recipe (``Critic.recipe_problems``), its
-    fields named in full; a failing check is reported as a problem of its plugin rather than a traceback."""
-    check = getattr(critic_cls, "recipe_problems", None)
-    if check is None:
-        return []
-    try:
-        return [Problem(f"critics[{j}].params.{field}", message) for field, message in check(config, recipe)]
-    except Exception as exc:  # noqa: BLE001 - a broken check must not hide the recipe's other problems
-        return [Problem(f"critics[{j}].name", f"the {name!r} critic's recipe check failed "
-                                              f"({type(exc).__name__}: {exc}); this is a bug in its plugin")]
+    fields named in full."""
+    return _plugin_check(f"critics[{j}].name", f"the {name!r} critic's",
+                         lambda: [Problem(f"critics[{j}].params.{field}", message)
+                                  for field, message in critic_cls.recipe_problems(config, recipe)])
 
 
 # -- the machine -------------------------------------------------------------------------------------
